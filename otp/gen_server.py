@@ -1,0 +1,465 @@
+"""GenServer: a process that serves calls, casts and other messages, in Elixir's shape.
+
+Subclass `GenServer`, override the callbacks you need, and start it with
+``MyServer.start_link(arg, name=...)``. Every callback runs in the server's own thread, one at a
+time. State is passed in and returned, as in Elixir; the instance is yours for configuration.
+
+>>> import otp
+>>> class Counter(otp.GenServer):
+...     def init(self, start):
+...         return ("ok", start)
+...     def handle_call(self, request, from_, count):
+...         return ("reply", count, count)
+...     def handle_cast(self, by, count):
+...         return ("noreply", count + by)
+>>> pid = Counter.start_link(10)
+>>> otp.cast(pid, 5)
+>>> otp.call(pid, "get")
+15
+>>> otp.stop(pid)
+
+Return shapes (anything else crashes the server with `BadReturn` "expected ..., got ..."):
+
+- `init`: ``("ok", state)``, ``("ok", state, extra)``, ``"ignore"``, ``("stop", reason)``.
+- `handle_call`: ``("reply", reply, state[, extra])``, ``("noreply", state[, extra])``,
+  ``("stop", reason, reply, state)``, ``("stop", reason, state)``.
+- `handle_cast`, `handle_info`, `handle_continue`: ``("noreply", state[, extra])``,
+  ``("stop", reason, state)``.
+
+`extra` is a timeout in seconds (a ``"timeout"`` message arrives through `handle_info` when no
+other message came first), ``"hibernate"`` (accepted, no effect) or ``("continue", arg)``.
+
+`terminate(reason, state)` runs when a callback returns stop, when a callback raises (the reason
+is the exception), on `stop()`, and when the parent's exit signal arrives while the server traps
+exits. It does not run when the server is killed, or when an exit signal kills a server that does
+not trap exits: exactly as OTP.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, ClassVar
+
+import attrs
+from loguru import logger
+
+from otp._api import demonitor_process, spawn_opt, unlink
+from otp._errors import AlreadyRegistered, BadReturn, ProcessExit, StartError
+from otp._process import STRUCTURE, Process, current, is_normal_exit
+from otp._terms import TIMEOUT, Down, Exit, Pid, Ref, make_ref
+
+__all__ = ["From", "GenServer", "call", "cast", "reply", "start", "start_link", "stop"]
+
+IGNORE = "ignore"
+
+
+@attrs.frozen
+class From:
+    """Who is waiting for a reply: pass it to `reply` to answer later."""
+
+    pid: Pid
+    ref: Ref
+
+
+class _Call:
+    __slots__ = ("from_", "request")
+
+    def __init__(self, from_: From, request: Any) -> None:
+        self.from_ = from_
+        self.request = request
+
+
+class _Cast:
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Any) -> None:
+        self.msg = msg
+
+
+class _Reply:
+    __slots__ = ("ref", "value")
+
+    def __init__(self, ref: Ref, value: Any) -> None:
+        self.ref = ref
+        self.value = value
+
+
+class _Stop:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
+
+
+class _Ack:
+    __slots__ = ("ref", "result")
+
+    def __init__(self, ref: Ref, result: Any) -> None:
+        self.ref = ref
+        self.result = result
+
+
+class GenServer:
+    """Base class of a generic server. Override the callbacks; all run in the server's thread.
+
+    If a callback raises, the server calls `terminate` with the exception, logs a crash report
+    and exits with the exception as its reason (linked processes and supervisors see it).
+    """
+
+    #: Default for `child_spec`: "permanent", "transient" or "temporary".
+    restart: ClassVar[str] = "permanent"
+    #: Default for `child_spec`: seconds, "brutal_kill" or "infinity".
+    shutdown: ClassVar[Any] = 5.0
+
+    def init(self, arg: Any) -> Any:
+        """Runs in the new server before `start_link` returns; returns ``("ok", state)``."""
+        return ("ok", arg)
+
+    def handle_call(self, request: Any, from_: From, state: Any) -> Any:
+        """Answer a `call`. The default crashes: a call nobody handles is a bug."""
+        raise NotImplementedError(f"{type(self).__name__} received call {request!r} but has no handle_call")
+
+    def handle_cast(self, msg: Any, state: Any) -> Any:
+        """Handle a `cast`. The default crashes, as Elixir's does."""
+        raise NotImplementedError(f"{type(self).__name__} received cast {msg!r} but has no handle_cast")
+
+    def handle_info(self, msg: Any, state: Any) -> Any:
+        """Handle any other message. The default logs it and carries on."""
+        logger.warning("{server} received unexpected message {msg!r}", server=type(self).__name__, msg=msg)
+        return ("noreply", state)
+
+    def handle_continue(self, arg: Any, state: Any) -> Any:
+        """Continue after a callback returned ``("continue", arg)``, before the next message."""
+        raise NotImplementedError(f"{type(self).__name__} returned continue but has no handle_continue")
+
+    def terminate(self, reason: Any, state: Any) -> None:
+        """Clean up before exiting; see the module doc for when it runs. Exceptions are logged."""
+
+    # -- starting --------------------------------------------------------------------------
+
+    @classmethod
+    def start_link(cls, arg: Any = None, *, name: Any = None, timeout: float | None = 5.0) -> Any:
+        """Start linked to the caller; returns the pid once `init` returned, or ``"ignore"``.
+
+        Raises `StartError` when `init` fails, returns ``("stop", reason)``, or times out; the
+        name is free again by then. ``StartError(("already_started", pid))`` if `name` is taken.
+        """
+        return _start(cls, arg, name=name, link=True, timeout=timeout)
+
+    @classmethod
+    def start(cls, arg: Any = None, *, name: Any = None, timeout: float | None = 5.0) -> Any:
+        """Like `start_link` without the link: for scripts that must not die with the server."""
+        return _start(cls, arg, name=name, link=False, timeout=timeout)
+
+    @classmethod
+    def child_spec(cls, arg: Any = None) -> dict[str, Any]:
+        """The supervisor child spec, as Elixir's ``use GenServer`` generates it."""
+        return {
+            "id": cls,
+            "start": (cls.start_link, (arg,)),
+            "restart": cls.restart,
+            "shutdown": cls.shutdown,
+            "type": "worker",
+        }
+
+
+def start_link(cls: type[GenServer], arg: Any = None, **opts: Any) -> Any:
+    """``GenServer.start_link(Module, arg)`` spelled as a function."""
+    return cls.start_link(arg, **opts)
+
+
+def start(cls: type[GenServer], arg: Any = None, **opts: Any) -> Any:
+    """``GenServer.start(Module, arg)`` spelled as a function."""
+    return cls.start(arg, **opts)
+
+
+def _start(cls: type[GenServer], arg: Any, *, name: Any, link: bool, timeout: float | None) -> Any:
+    if not (isinstance(cls, type) and issubclass(cls, GenServer)):
+        raise TypeError(f"expected a GenServer subclass, got {cls!r}")
+    me = current()
+    ack_ref = make_ref()
+    try:
+        pid, mon = spawn_opt(
+            _server_main, cls, arg, me.pid if link else None, From(me.pid, ack_ref),
+            link=link, monitor=True, name=name,
+        )
+    except AlreadyRegistered as exc:
+        raise StartError(("already_started", exc.pid)) from None
+    assert mon is not None
+
+    def is_ack(m: Any) -> bool:
+        return (m.__class__ is _Ack and m.ref == ack_ref) or (m.__class__ is Down and m.ref == mon)
+
+    msg = me.receive(is_ack, timeout, label=f"start {cls.__name__}")
+    if msg is TIMEOUT:
+        unlink(pid)
+        me.node.signal(pid, me.pid, "kill")
+        demonitor_process(me, mon, flush=True)
+        raise StartError(("timeout", cls.__name__, timeout))
+    if msg.__class__ is Down:
+        raise StartError(msg.reason)
+    demonitor_process(me, mon, flush=True)
+    status, value = msg.result
+    if status == "ok":
+        return pid
+    if status == "ignore":
+        return IGNORE
+    raise StartError(value)
+
+
+# -- the client API ----------------------------------------------------------------------------
+
+
+def _resolve_server(server: Any) -> Process | None:
+    if server.__class__ is Pid:
+        return server._proc  # type: ignore[no-any-return]
+    if isinstance(server, Process):
+        return server
+    with STRUCTURE:
+        return current().node.names.get(server)
+
+
+def call(server: Pid | Any, request: Any, timeout: float | None = 5.0) -> Any:
+    """Send `request` and wait for the reply.
+
+    Exits the caller (raises `ProcessExit`) with ``("timeout", ("call", server, request,
+    timeout))`` when no reply comes in time, with ``("noproc", ...)`` if the server is dead or
+    the name unregistered, and with the server's reason if it dies first. A reply that arrives
+    after the timeout is dropped, never left in the caller's mailbox.
+    """
+    me = current()
+    proc = _resolve_server(server)
+    detail = ("call", server, request, timeout)
+    ref = make_ref()
+    with STRUCTURE:
+        alive = proc is not None and not proc.dead
+        if alive:
+            assert proc is not None
+            proc.monitored_by[ref] = me
+            me.monitors[ref] = proc
+    if not alive:
+        raise ProcessExit(("noproc", detail))
+    assert proc is not None
+    with me._lock:
+        me.aliases.add(ref)
+        mark = len(me.mailbox)
+    proc.deliver(_Call(From(me.pid, ref), request))
+
+    def is_answer(m: Any) -> bool:
+        return (m.__class__ is _Reply or m.__class__ is Down) and m.ref == ref
+
+    try:
+        msg = me.receive(is_answer, timeout, start=mark, label=f"call {server!r}")
+    finally:
+        with me._lock:
+            me.aliases.discard(ref)
+    if msg.__class__ is _Reply:
+        demonitor_process(me, ref, flush=True)
+        return msg.value
+    if msg is TIMEOUT:
+        demonitor_process(me, ref, flush=True)
+        raise ProcessExit(("timeout", detail))
+    raise ProcessExit((msg.reason, detail))
+
+
+def cast(server: Pid | Any, msg: Any) -> None:
+    """Send `msg` to `handle_cast` without waiting; a dead server or unknown name is ignored."""
+    current()
+    proc = _resolve_server(server)
+    if proc is not None:
+        proc.deliver(_Cast(msg))
+
+
+def reply(from_: From, value: Any) -> None:
+    """Answer a call whose `handle_call` returned ``("noreply", ...)`` (a deferred reply)."""
+    from_.pid._proc.deliver_reply(from_.ref, _Reply(from_.ref, value))
+
+
+def stop(server: Pid | Any, reason: Any = "normal", timeout: float | None = None) -> None:
+    """Stop the server with `reason`, running `terminate`, and wait until it has exited.
+
+    Raises `ProcessExit` with ``"noproc"`` if it is not running, ``"timeout"`` if it does not
+    stop in time, or the reason it actually exited with if that differs.
+    """
+    me = current()
+    proc = _resolve_server(server)
+    ref = make_ref()
+    with STRUCTURE:
+        alive = proc is not None and not proc.dead
+        if alive:
+            assert proc is not None
+            proc.monitored_by[ref] = me
+            me.monitors[ref] = proc
+    if not alive:
+        raise ProcessExit(("noproc", ("stop", server, reason)))
+    assert proc is not None
+    mark = me.mailbox_mark()
+    proc.deliver(_Stop(reason))
+    msg = me.receive(lambda m: m.__class__ is Down and m.ref == ref, timeout, start=mark)
+    if msg is TIMEOUT:
+        demonitor_process(me, ref, flush=True)
+        raise ProcessExit(("timeout", ("stop", server, reason)))
+    if msg.reason != reason:
+        raise ProcessExit(msg.reason)
+
+
+# -- the server loop ---------------------------------------------------------------------------
+
+_INIT_SHAPES = "('ok', state), ('ok', state, extra), 'ignore' or ('stop', reason)"
+_CALL_SHAPES = (
+    "('reply', reply, state[, extra]), ('noreply', state[, extra]), "
+    "('stop', reason, reply, state) or ('stop', reason, state)"
+)
+_NOREPLY_SHAPES = "('noreply', state[, extra]) or ('stop', reason, state)"
+
+
+class _Stopping(Exception):
+    def __init__(self, reason: Any, state: Any) -> None:
+        self.reason = reason
+        self.state = state
+
+
+def _server_main(cls: type[GenServer], arg: Any, parent: Pid | None, starter: From) -> None:
+    me = current()
+    server = cls()
+    try:
+        result = server.init(arg)
+        state, extra = _check_init(result)
+    except _Stopping as stopping:
+        _fail_start(me, parent, starter, ("error", stopping.reason))
+        raise ProcessExit(stopping.reason) from None
+    except _Ignored:
+        _fail_start(me, parent, starter, ("ignore", None))
+        raise ProcessExit("normal") from None
+    except Exception as exc:  # noqa: BLE001 - init failure goes back to the starter
+        _report(server, me, "init", exc, traceback.format_exc(), None)
+        _fail_start(me, parent, starter, ("error", exc))
+        raise ProcessExit(exc) from None
+    starter.pid._proc.deliver(_Ack(starter.ref, ("ok", None)))
+    _loop(server, me, parent, state, extra)
+
+
+class _Ignored(Exception):
+    pass
+
+
+def _fail_start(me: Process, parent: Pid | None, starter: From, result: tuple[str, Any]) -> None:
+    # Unregister the name and unlink before telling the starter, or an immediate retry gets
+    # already_started and the starter is killed by our exit instead of getting the error.
+    with STRUCTURE:
+        if me.name is not None:
+            me.node.names.pop(me.name, None)
+            me.name = None
+    if parent is not None:
+        unlink(parent)
+    starter.pid._proc.deliver(_Ack(starter.ref, result))
+
+
+def _check_init(result: Any) -> tuple[Any, Any]:
+    match result:
+        case ("ok", state):
+            return state, None
+        case ("ok", state, extra):
+            return state, _check_extra(extra, _INIT_SHAPES, result)
+        case "ignore":
+            raise _Ignored()
+        case ("stop", reason):
+            raise _Stopping(reason, None)
+    raise BadReturn(f"init: expected {_INIT_SHAPES}, got {result!r}")
+
+
+def _check_extra(extra: Any, shapes: str, result: Any) -> Any:
+    match extra:
+        case "hibernate" | None:
+            return None
+        case ("continue", _):
+            return extra
+        case int() | float() if not isinstance(extra, bool) and extra >= 0:
+            return extra
+    raise BadReturn(f"expected {shapes} where extra is a timeout, 'hibernate' or ('continue', arg), got {result!r}")
+
+
+def _loop(server: GenServer, me: Process, parent: Pid | None, state: Any, extra: Any) -> None:
+    while True:
+        try:
+            while extra.__class__ is tuple:  # ("continue", arg)
+                state, extra = _noreply(server.handle_continue(extra[1], state), "handle_continue")
+            msg = me.receive(None, extra, label="gen_server loop")
+            state, extra = _dispatch(server, me, parent, msg, state)
+        except _Stopping as stopping:
+            _terminate(server, me, stopping.reason, stopping.state)
+            raise ProcessExit(stopping.reason) from None
+        except Exception as exc:  # noqa: BLE001 - a crash in a callback ends the server
+            stack = traceback.format_exc()
+            _report(server, me, "callback", exc, stack, state)
+            _terminate(server, me, exc, state)
+            raise ProcessExit(exc) from None
+
+
+def _dispatch(server: GenServer, me: Process, parent: Pid | None, msg: Any, state: Any) -> tuple[Any, Any]:
+    kind = msg.__class__
+    if kind is _Call:
+        return _handle_call_result(server.handle_call(msg.request, msg.from_, state), msg.from_)
+    if kind is _Cast:
+        return _noreply(server.handle_cast(msg.msg, state), "handle_cast")
+    if kind is _Stop:
+        raise _Stopping(msg.reason, state)
+    if msg is TIMEOUT:
+        return _noreply(server.handle_info("timeout", state), "handle_info")
+    if kind is Exit and parent is not None and msg.pid == parent:
+        # Only reachable while trapping exits: the parent tells us to go.
+        raise _Stopping(msg.reason, state)
+    return _noreply(server.handle_info(msg, state), "handle_info")
+
+
+def _handle_call_result(result: Any, from_: From) -> tuple[Any, Any]:
+    match result:
+        case ("reply", value, state):
+            reply(from_, value)
+            return state, None
+        case ("reply", value, state, extra):
+            reply(from_, value)
+            return state, _check_extra(extra, _CALL_SHAPES, result)
+        case ("noreply", state):
+            return state, None
+        case ("noreply", state, extra):
+            return state, _check_extra(extra, _CALL_SHAPES, result)
+        case ("stop", reason, value, state):
+            reply(from_, value)
+            raise _Stopping(reason, state)
+        case ("stop", reason, state):
+            raise _Stopping(reason, state)
+    raise BadReturn(f"handle_call: expected {_CALL_SHAPES}, got {result!r}")
+
+
+def _noreply(result: Any, callback: str) -> tuple[Any, Any]:
+    match result:
+        case ("noreply", state):
+            return state, None
+        case ("noreply", state, extra):
+            return state, _check_extra(extra, _NOREPLY_SHAPES, result)
+        case ("stop", reason, state):
+            raise _Stopping(reason, state)
+    raise BadReturn(f"{callback}: expected {_NOREPLY_SHAPES}, got {result!r}")
+
+
+def _terminate(server: GenServer, me: Process, reason: Any, state: Any) -> None:
+    try:
+        server.terminate(reason, state)
+    except Exception as exc:  # noqa: BLE001 - terminate's own failure becomes the exit reason
+        _report(server, me, "terminate", exc, traceback.format_exc(), state)
+        raise ProcessExit(exc) from None
+
+
+def _report(server: GenServer, me: Process, where: str, exc: BaseException, stack: str, state: Any) -> None:
+    if is_normal_exit(exc):
+        return
+    logger.bind(pid=repr(me.pid), registered_name=me.name).error(
+        "GenServer {pid} ({server}) terminating in {where}: {reason!r}\nlast state: {state!r}\n{stack}",
+        pid=me.pid,
+        server=type(server).__name__,
+        where=where,
+        reason=exc,
+        state=state,
+        stack=stack,
+    )
