@@ -413,3 +413,14 @@ def remove_death_hook(pid: Pid, hook: Callable[[Pid, Any], None]) -> None:
             proc.on_death.remove(hook)
         except ValueError:
             pass
+
+
+def post(pid: Pid, msg: Any) -> None:
+    """Deliver `msg` to `pid` from outside any process, without adopting the calling thread.
+
+    For I/O service threads, ports and signal handlers (Erlang's ``enif_send`` with no
+    environment). A dead pid drops the message, as `send` does.
+    """
+    if pid.__class__ is not Pid:
+        raise TypeError(f"post expects a Pid, got {pid!r}")
+    pid._proc.deliver(msg)
