@@ -11,9 +11,10 @@ b'hello'
 >>> port.close()
 
 - The calling process becomes the owner. In *active* mode (the default) each frame arrives in
-  the owner's mailbox as `PortData`, and the subprocess's exit as `PortExit`. In *passive* mode
-  (``set_active(False)``) the owner reads frames itself with `recv`, without a thread hop — the
-  pool's hot path.
+  the owner's mailbox as `PortData`. In *passive* mode (``set_active(False)``) the owner reads
+  frames itself with `recv`, without a thread hop — the pool's hot path. In both modes the
+  subprocess's exit arrives as `PortExit`, except while the owner is inside `recv`, which raises
+  `PortClosed` instead: an idle owner notices the exit at once.
 - ``connect(pid)`` hands the port to another owner; a dead `pid` is a clear `PortError`, never a
   race: ownership moves atomically with the death hook that closes the port when its owner dies.
 - The owner's death closes the port: stdin is closed (EOF), then SIGTERM after `close_timeout`,
@@ -224,12 +225,12 @@ class Port:
         self._encode = make_encoder(packet)
         self._decoder = make_decoder(packet, max_frame)
         # Guarded by _lock: owner, active, pending, closed, eof, status, counters, failure,
-        # exit_pending, finishing.
+        # in_recv, finishing.
         self._lock = threading.Lock()
         # Held across read + decode, so frames keep their order when the loop thread and a
         # passive owner both read. Ranks above _lock.
         self._read_lock = threading.Lock()
-        self._exit_pending = False
+        self._in_recv = False  # the owner is blocked in a passive recv
         self._finishing = False
         self._stderr_eof = False
         self._owner: otp.Pid
@@ -299,9 +300,6 @@ class Port:
                 owner = self._owner
                 while self._pending:
                     otp.post(owner, PortData(self, self._pending.popleft()))
-                if self._exit_pending:
-                    self._exit_pending = False
-                    otp.post(owner, PortExit(self, self._status))
         if active:
             service().call_soon(self._watch_stdout)
         else:
@@ -318,6 +316,15 @@ class Port:
         fd = self._stdout.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        with self._lock:
+            self._in_recv = True
+        try:
+            return self._recv_loop(poller, deadline, timeout)
+        finally:
+            with self._lock:
+                self._in_recv = False
+
+    def _recv_loop(self, poller: select.poll, deadline: float | None, timeout: float | None) -> bytes:
         while True:
             with self._lock:
                 if self._active:
@@ -537,8 +544,8 @@ class Port:
     def _maybe_finish(self, force: bool = False) -> None:
         """Once the child is reaped and its pipes drained: the final PortExit, then close fds.
 
-        Loop thread only. A passive owner is not sent PortExit: its `recv` raises PortClosed,
-        and the exit is delivered if it switches back to active mode.
+        Loop thread only. An owner blocked in a passive `recv` is not sent PortExit: its `recv`
+        raises PortClosed instead. Any other owner, active or passive, gets the message.
         """
         with self._lock:
             if self._finishing or not self._reaped:
@@ -548,8 +555,8 @@ class Port:
                 return
             self._finishing = True
             report = not self._closed and self._exit_status and self._failure is None
-            if report and not self._active:
-                self._exit_pending, report = True, False
+            if report and self._in_recv:
+                report = False  # the passive owner's recv raises PortClosed instead
             self._closed = True
             self._eof = True
             owner, status = self._owner, self._status

@@ -37,8 +37,17 @@ def _wait_until(check, timeout: float) -> bool:
         time.sleep(0.01)  # polling the OS for teardown; nothing to wait on
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _io_service() -> None:
+    """The bridge's process-wide I/O thread lives for the whole run: start it before the
+    per-test leak check takes its snapshot of threads and fds."""
+    from bridge._io import service
+
+    service()
+
+
 @pytest.fixture(autouse=True)
-def node(request: pytest.FixtureRequest) -> Iterator[otp.Node]:
+def node(_io_service: None, request: pytest.FixtureRequest) -> Iterator[otp.Node]:
     """A fresh default node per test; afterwards every process is killed and leaks are checked."""
     threads_before = set(threading.enumerate())
     children_before = _children()
