@@ -12,33 +12,42 @@ with ``--codec``):
 
 The portable subset, identical through every codec, is ``None``, ``bool``, ``int``, ``float``,
 ``str``, ``list`` and ``dict`` with ``str`` keys. Tuples come back as lists. Beyond that the codecs
-differ (``json`` turns ``int`` keys into strings, ``orjson`` refuses them, only ``msgpack`` keeps
-``bytes``): handlers that want to work with any codec stay within the subset.
+differ: ``json`` turns ``int`` keys into strings, ``orjson`` refuses them, ``msgpack`` keeps them;
+only ``msgpack`` carries ``bytes``; only ``json`` carries integers beyond 64 bits. Handlers that
+want to work with any codec stay within the subset.
 
-Why ``json`` is the default (``python benchmarks/bench_codec.py``, CPython 3.11, Linux, 2 vCPUs;
-a 119-byte request and its reply, "round trip" = encode + decode in both directions):
+Why ``msgpack`` is the default — measured with ``python benchmarks/bench_codec.py`` (CPython 3.11.7,
+Linux VM with 2 vCPUs, a 119-byte request and its reply; three runs agreed within ~10 %):
 
-==========  ==============  =================  ======================  ===================
-codec       codec round     import in a fresh  echo through the        spawn -> first
-            trip            interpreter        worker (packet 4, p50)  ping reply (median)
-==========  ==============  =================  ======================  ===================
-json        8.4 us          1.6 ms             ~64 us                  ~43 ms
-orjson      1.3 us          11.4 ms            ~56 us                  ~53 ms
-msgpack     3.8 us          2.5 ms             ~59 us                  ~45 ms
-==========  ==============  =================  ======================  ===================
+=========  ==========  ===========  ==============  ==============  ===============
+codec      codec rt    import       echo, 1 CPU     echo, free      spawn -> first
+           [1]_        (fresh       p50 [2]_        p50 [3]_        ping (median)
+                       interpreter)
+=========  ==========  ===========  ==============  ==============  ===============
+json       8.4 us      1.1 ms       23 us           86-89 us        27.5 ms
+orjson     1.3 us      10.1 ms      10 us           65-71 us        36 ms
+msgpack    3.1 us      2.1 ms       12-14 us        64-75 us        28 ms
+=========  ==========  ===========  ==============  ==============  ===============
 
-* orjson saves ~7 us per call but costs ~10 ms more at every worker start; that pays back only
-  after ~1,400 calls per worker, and it is a dependency the project does not declare. The pipe
-  round trip through the worker (~55-65 us, dominated by two context switches and the worker's
-  dispatch) shrinks by barely 10 % with it.
-* A default must work on a bare install, so it has to be the stdlib codec. Pools that are
-  throughput-bound and have ``orjson`` installed should pass ``codec="orjson"`` explicitly.
+.. [1] encode + decode of the request and of the reply, in process, hot loop.
+.. [2] raw packet-4 echo through the worker program, parent and worker pinned to one CPU: the
+   CPU cost of a call. The codec runs colder than in [1], so json's extra cost is ~12 us.
+.. [3] the same, unpinned; cross-CPU wake-ups dominate and vary between runs.
+
+* orjson saves ~13 us of CPU per call against json, but every worker start pays ~8.5 ms more:
+  it pays back after ~650 calls per worker.
+* msgpack is the best trade-off measured: ~2-4 us behind orjson per call, ~1 ms more than json
+  at start (pays back after ~100 calls), and it carries ``bytes``.
+* So ``msgpack`` is a declared dependency and the default. ``json`` stays for handlers that
+  need integers beyond 64 bits or a human-readable wire; ``orjson`` for call-bound pools with
+  long-lived workers.
 
 Codec objects hold no per-call state, so one instance is shared by every thread of a process.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -59,7 +68,7 @@ __all__ = [
 ]
 
 #: Chosen by measurement; see the module docstring for the figures and the reasoning.
-DEFAULT_CODEC = "json"
+DEFAULT_CODEC = "msgpack"
 
 
 class CodecError(ValueError):
@@ -158,6 +167,10 @@ class OrjsonCodec:
 class MsgpackCodec:
     """``msgpack`` with ``str``/``bytes`` kept distinct (``use_bin_type``, ``raw=False``).
 
+    Map keys need not be strings (``strict_map_key=False``): that check guards against hash
+    flooding from untrusted peers, and without it a worker's reply with ``int`` keys would
+    encode fine and then fail to decode in the parent.
+
     >>> c = MsgpackCodec()
     >>> c.decode(c.encode({"b": b"\\x00"}))
     {'b': b'\\x00'}
@@ -170,7 +183,9 @@ class MsgpackCodec:
         # packb/unpackb rather than a shared Packer: a Packer has an internal buffer and the
         # same codec object is used from several threads in the parent.
         self._encode: Callable[[Any], bytes] = msgpack.packb
-        self._decode: Callable[[bytes], Any] = msgpack.unpackb
+        self._decode: Callable[[bytes], Any] = functools.partial(
+            msgpack.unpackb, strict_map_key=False
+        )
 
     def encode(self, obj: object) -> bytes:
         """Encode *obj* to MessagePack bytes."""
@@ -218,9 +233,7 @@ def get_codec(name: str) -> Codec:
     try:
         factory, _module = _CODECS[name]
     except (KeyError, TypeError):
-        raise CodecError(
-            f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}"
-        ) from None
+        raise CodecError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}") from None
     codec = _instances.setdefault(name, factory())
     return codec
 

@@ -122,8 +122,9 @@ def counter_incr(session: dict[str, Any], by: int = 1) -> int:
     >>> counter_incr(s), counter_incr(s, by=5)
     (1, 6)
     """
-    session["counter"] = session.get("counter", 0) + by
-    return session["counter"]
+    value: int = session.get("counter", 0) + by
+    session["counter"] = value
+    return value
 
 
 @handler(session=True)
@@ -133,4 +134,5 @@ def counter_get(session: dict[str, Any]) -> int:
     >>> counter_get({"counter": 3})
     3
     """
-    return session.get("counter", 0)
+    value: int = session.get("counter", 0)
+    return value

@@ -313,18 +313,16 @@ class Port:
         waiting (checked every 0.1 s).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self._stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         with self._lock:
             self._in_recv = True
         try:
-            return self._recv_loop(poller, deadline, timeout)
+            return self._recv_loop(deadline, timeout)
         finally:
             with self._lock:
                 self._in_recv = False
 
-    def _recv_loop(self, poller: select.poll, deadline: float | None, timeout: float | None) -> bytes:
+    def _recv_loop(self, deadline: float | None, timeout: float | None) -> bytes:
+        poller: select.poll | None = None
         while True:
             with self._lock:
                 if self._active:
@@ -339,6 +337,12 @@ class Port:
             left = _RECV_SLICE if deadline is None else min(_RECV_SLICE, deadline - time.monotonic())
             if left <= 0:
                 raise self._error(PortTimeout, f"no frame within {timeout} s")
+            if poller is None:
+                poller = select.poll()
+                try:
+                    poller.register(self._stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+                except ValueError:  # closed by the loop thread since we looked
+                    break
             if poller.poll(left * 1000):
                 self._read_stdout(deliver=False)
         self._finished.wait(self._close_timeout)
@@ -429,6 +433,8 @@ class Port:
     def _read_stdout(self, *, deliver: bool) -> None:
         """Read what is there and decode it. Runs on the loop thread, or in a passive owner."""
         with self._read_lock:
+            if self._stdout.closed:
+                return  # fds are closed under this lock: never read a number reused since
             try:
                 data = os.read(self._stdout.fileno(), 65536)
             except (BlockingIOError, InterruptedError):

@@ -99,8 +99,8 @@ def register(func: F, name: str | None = None, *, session: bool = False) -> F:
     """Register *func* under *name* (default ``func.__name__``) and return it.
 
     Registering the same function again (same module and qualified name, e.g. after
-    ``importlib.reload``) replaces the entry; a *different* function under a taken name is a ``ValueError``,
-    because silently replacing it would route a command to code nobody expected.
+    ``importlib.reload``) replaces the entry; a *different* function under a taken name is a
+    ``ValueError``, because silently replacing it would route a command to code nobody expected.
 
     >>> _ = register(lambda: "pong!", "pong_alias")
     >>> lookup("pong_alias").func()

@@ -28,7 +28,7 @@ import attrs
 from loguru import logger
 
 import otp
-from bridge.codec import Codec, get_codec
+from bridge.codec import DEFAULT_CODEC, Codec, get_codec
 from bridge.port import Port, PortClosed, PortError, PortExit, PortTimeout
 from bridge.protocol import BadReply, WorkerError, request
 
@@ -40,7 +40,7 @@ class WorkerInitError(PortError):
 
 
 def worker_argv(
-    handlers: Sequence[str], worker_id: str, codec: str = "json", python: str | None = None
+    handlers: Sequence[str], worker_id: str, codec: str = DEFAULT_CODEC, python: str | None = None
 ) -> list[str]:
     """The command line of the worker program, on this interpreter (never `python3` from PATH)."""
     argv = [python or sys.executable, "-m", "bridge.worker", "--worker-id", worker_id, "--codec", codec]
@@ -55,7 +55,7 @@ class WorkerConfig:
 
     worker_id: str
     argv: list[str]
-    codec: str = "json"
+    codec: str = DEFAULT_CODEC
     init_timeout: float = 10.0
     ping_timeout: float = 5.0
     close_timeout: float = 2.0

@@ -137,7 +137,7 @@ class TestPacketDecoder:
     def test_eof_inside_the_header(self):
         decoder = PacketDecoder(4)
         decoder.feed(b"\x00\x00")
-        with pytest.raises(FramingError, match="mid-frame.*2 of the 4 header bytes"):
+        with pytest.raises(FramingError, match=r"mid-frame.*2 of the 4 header bytes"):
             decoder.eof()
 
     def test_eof_inside_the_payload(self):
