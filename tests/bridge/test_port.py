@@ -261,12 +261,16 @@ class TestPassive:
         assert not pid._proc.thread.is_alive()
 
 
-def test_children_do_not_outlive_a_sigkilled_parent(tmp_path) -> None:
+@pytest.mark.parametrize("argv", [
+    '["cat"]',
+    '[sys.executable, "-m", "bridge.worker", "--handler", "bridge.examples"]',
+])
+def test_children_do_not_outlive_a_sigkilled_parent(tmp_path, argv: str) -> None:
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import sys, otp
         from bridge.port import Port
-        port = Port.open(["cat"])
+        port = Port.open({argv})
         print(port.os_pid, flush=True)
         otp.receive("never")
     """))
