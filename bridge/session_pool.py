@@ -1,0 +1,529 @@
+"""SessionPool: a supervised pool of Python worker subprocesses, callable from any thread.
+
+>>> from bridge.session_pool import SessionPool
+>>> sp = SessionPool.start("doc_pool", pool_size=2, handlers=["bridge.examples"])
+>>> sp.execute_anonymous("add", [1, 2])
+3
+>>> sp.execute_in_session("s1", "counter_incr", [])
+1
+>>> sp.execute_in_session("s1", "counter_incr", [])
+2
+>>> sp.stop()
+
+The tree, under the name the caller chooses (never a global singleton, so tests run isolated
+pools side by side)::
+
+    Supervisor one_for_all          name
+    ├── DynamicSupervisor           (name, "workers")   WorkerActor per worker (temporary)
+    └── pool (NimblePool-style)     (name, "pool")      worker state = WorkerHandle
+
+- All workers start eagerly and in parallel before `start` returns (``min_ready="all"``).
+- ``execute_anonymous`` takes any idle worker; ``execute_in_session`` goes to the worker that
+  holds the session's state (it waits for that worker when it is busy). If that worker died,
+  the call fails with `SessionLost` — never silently served by a worker without the state —
+  and the next call starts the session afresh.
+- A call runs in the caller's thread, on the worker's port: no hop through the pool or the
+  actor. A handler error comes back as `WorkerError` with the worker's traceback and the worker
+  stays; a call that exceeds its timeout (`CallTimeout`) or a worker that dies under it
+  (`WorkerCrashed`) gets the worker replaced, so a late reply never reaches the next caller.
+- Replacements count against ``max_restarts`` in ``max_seconds``; beyond it the pool gives up
+  and the supervisor restarts the whole tree (and, past its own intensity, exits).
+- A circuit breaker per command refuses a command that failed ``circuit_failures`` times in a
+  row for ``circuit_reset`` seconds (`CircuitOpen`).
+- Telemetry for every call: ``["threadotp", "session_pool", "call", "start" | "stop" |
+  "exception"]`` with ``duration`` and ``queue_time``, and ``["threadotp", "session_pool",
+  "worker", "start" | "exit"]``; metadata ``pool``, ``command``, ``session_id``, ``worker_id``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from loguru import logger
+
+import otp
+import pool
+from bridge.circuit import CircuitBreaker, CircuitOpen
+from bridge.codec import DEFAULT_CODEC
+from bridge.port import PortClosed, PortError, PortTimeout
+from bridge.protocol import WorkerError
+from bridge.worker_actor import WorkerActor, WorkerConfig, WorkerHandle, WorkerInitError, worker_argv
+from otp import telemetry
+from otp.dynamic_supervisor import DynamicSupervisor
+from otp.supervisor import Supervisor
+
+__all__ = [
+    "BridgeError", "CallTimeout", "CircuitOpen", "SessionLost", "SessionPool", "SessionPoolStats",
+    "WorkerCrashed", "WorkerError",
+]
+
+ACCEPTED = ("anonymous", ("session", "<session_id>"))
+
+
+class BridgeError(Exception):
+    """A call could not be completed because of the worker, not the handler."""
+
+
+class SessionLost(BridgeError):
+    """The worker holding the session's state died; the session starts afresh on the next call."""
+
+    def __init__(self, session_id: Any, worker_id: str, reason: Any) -> None:
+        super().__init__(f"session {session_id!r} was lost with worker {worker_id} ({_short(reason)})")
+        self.session_id = session_id
+        self.worker_id = worker_id
+        self.reason = reason
+
+
+class CallTimeout(BridgeError, TimeoutError):
+    """The worker did not answer within the call timeout; it is being replaced."""
+
+    def __init__(self, command: str, timeout: float | None, worker_id: str, cause: PortError) -> None:
+        super().__init__(f"{command!r} on {worker_id} got no reply within {timeout} s; the worker is replaced\n{cause}")
+        self.command = command
+        self.timeout = timeout
+        self.worker_id = worker_id
+        self.stderr_tail = cause.stderr_tail
+
+
+class WorkerCrashed(BridgeError):
+    """The worker died or broke the protocol during the call; it is being replaced."""
+
+    def __init__(self, command: str, worker_id: str, cause: PortError) -> None:
+        super().__init__(f"{command!r} on {worker_id}: the worker failed: {cause}")
+        self.command = command
+        self.worker_id = worker_id
+        self.status = cause.status
+        self.stderr_tail = cause.stderr_tail
+
+
+def _short(reason: Any) -> str:
+    text = str(reason)
+    return text.splitlines()[0] if text else repr(reason)
+
+
+# -- configuration and shared state ----------------------------------------------------------
+
+
+@attrs.frozen
+class SessionPoolConfig:
+    """Everything a SessionPool needs; see `SessionPool.start_link` for the meaning."""
+
+    name: Any
+    pool_size: int = 4
+    handlers: tuple[str, ...] = ("bridge.examples",)
+    codec: str = DEFAULT_CODEC
+    checkout_timeout: float = 5.0
+    call_timeout: float = 30.0
+    init_timeout: float = 10.0
+    close_timeout: float = 2.0
+    start_timeout: float = 30.0
+    worker_idle_timeout: float | None = None
+    max_restarts: int = 10
+    max_seconds: float = 10.0
+    circuit_failures: int = 5
+    circuit_reset: float = 10.0
+    python: str | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+
+
+@attrs.frozen
+class _Lost:
+    worker_id: str
+    reason: Any
+
+
+class _Sessions:
+    """Which worker holds which session. Shared by the pool's callbacks (under the pool's
+    lock) and by stats readers, so it has its own lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._home: dict[Any, str | _Lost] = {}  # guarded by _lock
+
+    def home(self, session_id: Any) -> str | _Lost | None:
+        with self._lock:
+            return self._home.get(session_id)
+
+    def assign(self, session_id: Any, worker_id: str) -> None:
+        with self._lock:
+            self._home[session_id] = worker_id
+
+    def forget(self, session_id: Any) -> None:
+        with self._lock:
+            self._home.pop(session_id, None)
+
+    def lose_worker(self, worker_id: str, reason: Any) -> None:
+        with self._lock:
+            for sid, home in self._home.items():
+                if home == worker_id:
+                    self._home[sid] = _Lost(worker_id, reason)
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(1 for h in self._home.values() if isinstance(h, str))
+
+
+class _Metrics:
+    """Counters and recent latencies for `stats()`."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.ok = 0
+        self.handler_errors = 0
+        self.worker_failures = 0
+        self.refused = 0
+        self.restarts = 0
+        self._latencies: deque[float] = deque(maxlen=keep)
+
+    _COUNTERS = {"ok": "ok", "handler_error": "handler_errors", "worker_failure": "worker_failures", "refused": "refused"}
+
+    def record(self, outcome: str, duration: float | None = None) -> None:
+        counter = self._COUNTERS[outcome]
+        with self._lock:
+            self.calls += 1
+            setattr(self, counter, getattr(self, counter) + 1)
+            if duration is not None:
+                self._latencies.append(duration)
+
+    def restarted(self) -> None:
+        with self._lock:
+            self.restarts += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            lat = sorted(self._latencies)
+            counts = {k: getattr(self, k) for k in ("calls", "ok", "handler_errors", "worker_failures", "refused", "restarts")}
+        return {**counts, "p50": _pct(lat, 0.50), "p99": _pct(lat, 0.99)}
+
+
+def _pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+@attrs.define
+class _PoolState:
+    config: SessionPoolConfig
+    sessions: _Sessions
+    metrics: _Metrics
+    workers_sup: Any
+    numbers: Any = attrs.field(factory=lambda: itertools.count(1))
+    failures: deque[float] = attrs.field(factory=deque)
+
+
+@attrs.frozen
+class _ActorDown:
+    """Posted to the pool by a death hook when a worker actor dies (the pool process cannot
+    monitor an actor that a task started, so the hook plays the monitor's part)."""
+
+    actor: otp.Pid
+    reason: Any
+
+
+# -- the pool's worker behaviour ---------------------------------------------------------------
+
+
+class _SessionWorker(pool.PoolWorker):
+    """Worker state: a `WorkerHandle`. Client state: the same handle."""
+
+    def init_pool(self, init_arg: _PoolState) -> Any:
+        return ("ok", init_arg)
+
+    def init_worker(self, ps: _PoolState) -> Any:
+        cfg = ps.config
+        worker_id = f"{cfg.name}-w{next(ps.numbers)}"
+        the_pool = self.pool
+
+        def boot() -> WorkerHandle:
+            started = time.monotonic()
+            meta = {"pool": cfg.name, "worker_id": worker_id}
+            telemetry.execute(["threadotp", "session_pool", "worker", "start"], {"monotonic_time": started}, meta)
+            wcfg = WorkerConfig(
+                worker_id, worker_argv(cfg.handlers, worker_id, cfg.codec, cfg.python), cfg.codec,
+                init_timeout=cfg.init_timeout, close_timeout=cfg.close_timeout, env=cfg.env, cwd=cfg.cwd,
+            )
+            spec = {
+                "id": worker_id, "start": (WorkerActor.start_link, (wcfg,)), "restart": "temporary",
+                "shutdown": cfg.close_timeout * 3 + 1.0,
+            }
+            result = DynamicSupervisor.start_child(ps.workers_sup, spec)
+            if not (isinstance(result, tuple) and result[0] == "ok"):
+                raise WorkerInitError(f"cannot start worker actor {worker_id}: {result!r}")
+            actor = result[1]
+            handle = WorkerActor.await_ready(actor, cfg.init_timeout + 1.0)
+
+            def on_death(pid: otp.Pid, reason: Any) -> None:
+                otp.post(the_pool, _ActorDown(pid, reason))
+                telemetry.execute(["threadotp", "session_pool", "worker", "exit"], {}, {**meta, "reason": reason})
+
+            if not otp.add_death_hook(actor, on_death):
+                raise WorkerInitError(f"worker actor {worker_id} died right after it became ready")
+            return handle
+
+        return ("async", boot, ps)
+
+    def handle_enqueue(self, command: Any, ps: _PoolState) -> Any:
+        match command:
+            case "anonymous" | ("session", _):
+                return ("ok", command, ps)
+        raise pool.UnknownCommand(command, ACCEPTED)
+
+    def handle_checkout(self, command: Any, from_: Any, handle: WorkerHandle, ps: _PoolState) -> Any:
+        if handle.broken is not None or not otp.is_alive(handle.actor):
+            return ("remove", ("worker_dead", handle.broken), ps)
+        if command == "anonymous":
+            return ("ok", handle, handle, ps)
+        session_id = command[1]
+        home = ps.sessions.home(session_id)
+        if home is None:
+            ps.sessions.assign(session_id, handle.worker_id)
+        elif isinstance(home, _Lost):
+            ps.sessions.forget(session_id)
+            return ("skip", SessionLost(session_id, home.worker_id, home.reason), ps)
+        elif home != handle.worker_id:
+            return ("pass", ps)  # not the session's worker: try the next one, or wait for it
+        return ("ok", handle, handle, ps)
+
+    def handle_checkin(self, outcome: Any, from_: Any, handle: WorkerHandle, ps: _PoolState) -> Any:
+        if outcome == "ok" and handle.broken is None:
+            return ("ok", handle, ps)
+        return ("remove", ("worker_failed", handle.broken), ps)
+
+    def handle_info(self, msg: Any, handle: WorkerHandle) -> Any:
+        if msg.__class__ is _ActorDown and msg.actor == handle.actor:
+            return ("remove", ("worker_exited", msg.reason))
+        return ("ok", handle)
+
+    def handle_ping(self, handle: WorkerHandle, ps: _PoolState) -> Any:
+        # The actor pings its subprocess; the pool never waits on a worker's I/O. An
+        # unresponsive worker stops its actor, whose death hook removes it from the pool.
+        otp.cast(handle.actor, "health_ping")
+        return ("ok", handle)
+
+    def terminate_worker(self, reason: Any, handle: WorkerHandle, ps: _PoolState) -> Any:
+        ps.sessions.lose_worker(handle.worker_id, reason)
+        # Asynchronous on purpose: the actor shuts its subprocess down cleanly in its own thread.
+        otp.exit(handle.actor, "shutdown")
+        if _is_failure(reason):
+            ps.metrics.restarted()
+            if _over_intensity(ps):
+                cfg = ps.config
+                logger.error(
+                    "session pool {name}: more than {n} worker failures in {s} s; restarting the pool",
+                    name=cfg.name, n=cfg.max_restarts, s=cfg.max_seconds,
+                )
+                otp.exit(self.pool, ("shutdown", "worker_restart_intensity"))
+        return ("ok", ps)
+
+
+def _is_failure(reason: Any) -> bool:
+    return not (otp.is_normal_exit(reason) or reason in ("max_age", "max_checkouts"))
+
+
+def _over_intensity(ps: _PoolState) -> bool:
+    now = time.monotonic()
+    window = ps.failures
+    window.append(now)
+    while window and window[0] < now - ps.config.max_seconds:
+        window.popleft()
+    return len(window) > ps.config.max_restarts
+
+
+# -- the public handle ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionPoolStats:
+    """What `SessionPool.stats` reports."""
+
+    workers: int
+    idle: int
+    busy: int
+    starting: int
+    waiting: int
+    sessions: int
+    calls: int
+    ok: int
+    handler_errors: int
+    worker_failures: int
+    refused: int
+    restarts: int
+    p50: float | None
+    p99: float | None
+    open_circuits: tuple[str, ...]
+
+
+class SessionPool:
+    """A running session pool, addressed by its name. Methods are safe from any thread."""
+
+    def __init__(self, config: SessionPoolConfig, supervisor: otp.Pid, shared: _PoolState) -> None:
+        self.config = config
+        self.name = config.name
+        self.supervisor = supervisor
+        self._shared = shared
+        self._pool = pool.Pool((config.name, "pool"))
+        self._breaker = CircuitBreaker(config.circuit_failures, config.circuit_reset)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    @classmethod
+    def start_link(cls, name: Any, pool_size: int = 4, handlers: Sequence[str] = ("bridge.examples",), **options: Any) -> SessionPool:
+        """Start the tree linked to the caller; returns once every worker answered its first ping.
+
+        Options: `codec`, `checkout_timeout` (waiting for a worker), `call_timeout` (default for
+        calls), `init_timeout` (a worker's first ping), `close_timeout`, `start_timeout` (all
+        workers ready), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
+        (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
+        `cwd`. Raises `otp.StartError` when the workers do not come up (with their stderr).
+        """
+        return cls._start(name, pool_size, handlers, options, link=True)
+
+    @classmethod
+    def start(cls, name: Any, pool_size: int = 4, handlers: Sequence[str] = ("bridge.examples",), **options: Any) -> SessionPool:
+        """Like `start_link`, without the link: for scripts that must survive the pool."""
+        return cls._start(name, pool_size, handlers, options, link=False)
+
+    @classmethod
+    def _start(cls, name: Any, pool_size: int, handlers: Sequence[str], options: dict[str, Any], *, link: bool) -> SessionPool:
+        if name is None:
+            raise ValueError("a SessionPool needs a name (any hashable value): pools are never global")
+        if isinstance(handlers, str):
+            raise TypeError(f"handlers is a list of module names, got the string {handlers!r}")
+        config = SessionPoolConfig(name=name, pool_size=pool_size, handlers=tuple(handlers), **options)
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
+        shared = _PoolState(config, _Sessions(), _Metrics(), (name, "workers"))
+        children = [
+            DynamicSupervisor.spec(id="workers", name=(name, "workers"), max_restarts=0, max_seconds=1),
+            pool.child_spec(
+                _SessionWorker, shared, id="pool", name=(name, "pool"), pool_size=pool_size,
+                min_ready="all", start_timeout=config.start_timeout,
+                worker_idle_timeout=config.worker_idle_timeout, shutdown=config.close_timeout * 3 + 2.0,
+            ),
+        ]
+        starter = Supervisor.start_link if link else Supervisor.start
+        sup = starter(children, strategy="one_for_all", max_restarts=3, max_seconds=30, name=name)
+        return cls(config, sup, shared)
+
+    @staticmethod
+    def spec(name: Any, pool_size: int = 4, handlers: Sequence[str] = ("bridge.examples",), **options: Any) -> dict[str, Any]:
+        """A child spec that runs a SessionPool under your own supervisor; address it later
+        with ``SessionPool.attach(name)``."""
+
+        def start() -> otp.Pid:
+            return SessionPool.start_link(name, pool_size, handlers, **options).supervisor
+
+        return {"id": ("session_pool", name), "start": (start, ()), "type": "supervisor", "shutdown": "infinity"}
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def execute_anonymous(self, command: str, args: Any = None, timeout: float | None = None) -> Any:
+        """Run `command(*args)` on any worker; returns its result.
+
+        Raises `WorkerError` (the handler raised), `CallTimeout`, `WorkerCrashed`,
+        `CircuitOpen`, and the pool's `CheckoutTimeout` / `WorkerStartError`.
+        """
+        return self._execute("anonymous", None, command, args, timeout)
+
+    def execute_in_session(self, session_id: Any, command: str, args: Any = None, timeout: float | None = None) -> Any:
+        """Run `command` on the worker that holds `session_id`'s state (assigned on first use).
+
+        Raises `SessionLost` if that worker died, and everything `execute_anonymous` raises.
+        """
+        if session_id is None:
+            raise ValueError("execute_in_session needs a session_id")
+        return self._execute(("session", session_id), session_id, command, args, timeout)
+
+    def _execute(self, checkout_cmd: Any, session_id: Any, command: str, args: Any, timeout: float | None) -> Any:
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str, got {command!r}")
+        timeout = self.config.call_timeout if timeout is None else timeout
+        meta = {"pool": self.name, "command": command, "session_id": session_id, "worker_id": None}
+        metrics = self._shared.metrics
+        try:
+            self._breaker.before(command)
+        except CircuitOpen:
+            metrics.record("refused")
+            raise
+        started = time.monotonic()
+        telemetry.execute(["threadotp", "session_pool", "call", "start"], {"monotonic_time": started}, meta)
+        box: dict[str, float] = {}
+
+        def run(from_: Any, handle: WorkerHandle) -> tuple[Any, Any]:
+            box["granted"] = time.monotonic()
+            meta["worker_id"] = handle.worker_id
+            try:
+                return (("ok", handle.call(command, args, session_id, timeout)), "ok")
+            except WorkerError as exc:
+                return (("handler_error", exc), "ok")
+            except PortTimeout as exc:
+                return (("worker_failure", CallTimeout(command, timeout, handle.worker_id, exc)), "broken")
+            except PortError as exc:
+                return (("worker_failure", WorkerCrashed(command, handle.worker_id, exc)), "broken")
+
+        try:
+            outcome, value = self._pool.checkout(checkout_cmd, run, timeout=self.config.checkout_timeout)
+        except BaseException as exc:
+            self._finish(meta, started, box, "refused", exc)
+            raise
+        self._finish(meta, started, box, outcome, value if outcome != "ok" else None)
+        if outcome == "ok":
+            return value
+        raise value
+
+    def _finish(self, meta: dict[str, Any], started: float, box: dict[str, float], outcome: str, error: BaseException | None) -> None:
+        duration = time.monotonic() - started
+        queue_time = box.get("granted", time.monotonic()) - started
+        measurements = {"duration": duration, "queue_time": queue_time}
+        command = meta["command"]
+        if outcome == "ok":
+            self._breaker.success(command)
+            telemetry.execute(["threadotp", "session_pool", "call", "stop"], measurements, meta)
+        else:
+            if outcome != "refused" or isinstance(error, CallTimeout):
+                self._breaker.failure(command)
+            telemetry.execute(["threadotp", "session_pool", "call", "exception"], measurements, {**meta, "kind": outcome, "reason": error})
+        self._shared.metrics.record(outcome, duration if outcome in ("ok", "handler_error") else None)
+
+    # -- observation and lifecycle ------------------------------------------------------------
+
+    def stats(self) -> SessionPoolStats:
+        """Workers, calls, failures, restarts, latency percentiles (seconds), open circuits."""
+        ps = self._pool.stats()
+        m = self._shared.metrics.snapshot()
+        return SessionPoolStats(
+            workers=ps.idle + ps.checked_out, idle=ps.idle, busy=ps.checked_out, starting=ps.initialising,
+            waiting=ps.waiting, sessions=self._shared.sessions.count(), open_circuits=tuple(self._breaker.open_circuits()),
+            **m,
+        )
+
+    def workers(self) -> list[tuple[Any, otp.Pid]]:
+        """``[(worker_id, actor_pid)]`` of the live worker actors."""
+        out = []
+        for _, pid, _, _ in DynamicSupervisor.which_children(self._shared.workers_sup):
+            if isinstance(pid, otp.Pid):
+                handle = otp.call(pid, "handle", 5.0)
+                if handle is not None:
+                    out.append((handle.worker_id, pid))
+        return out
+
+    def stop(self, reason: Any = "normal", timeout: float | None = 30.0) -> None:
+        """Stop the tree: workers get an explicit shutdown frame, then EOF, SIGTERM, SIGKILL."""
+        if otp.is_alive(self.supervisor):
+            otp.unlink(self.supervisor)  # a linked caller must not die of the pool's own stop
+            Supervisor.stop(self.supervisor, reason, timeout)
+
+    def __enter__(self) -> SessionPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
