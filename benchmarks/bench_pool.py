@@ -28,6 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Goal, Result  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import otp  # noqa: E402
@@ -246,6 +249,31 @@ def main() -> None:
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
     node.shutdown()
+
+
+def run(quick: bool = False) -> list[Result]:
+    """The figures as `Result` rows (what ``threadotp bench`` prints), in microseconds."""
+    node = otp.Node()
+    previous = otp.set_default_node(node)
+    try:
+        runs: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
+        for _ in range(2 if quick else REPEATS):
+            for name, measure, _ in CASES:
+                runs[name].append(measure())
+    finally:
+        otp.set_default_node(previous)
+        node.shutdown()
+    med = {name: statistics.median(xs) * 1e6 for name, xs in runs.items()}
+    raw_name = CASES[0][0]
+    results = []
+    for name, _, against in CASES:
+        if name.startswith("("):
+            continue
+        goal = Goal.ratio_at_most(1.0) if "fun yields" not in name else None
+        results.append(Result(f"{name} (vs raw round trip)", med[name], med[raw_name], "us", goal, "raw Condition ping-pong"))
+        if against is not None:
+            results.append(Result(f"{name} (vs queue.Queue pool)", med[name], med[against], "us", None, against))
+    return results
 
 
 def _ratio(xs: list[float], refs: list[float]) -> float:

@@ -174,12 +174,7 @@ class Workload:
                 self.kills += 1
 
     def _worker_os_pids(self) -> list[int]:
-        pids = []
         try:
-            for _, actor in self.sp.workers():
-                handle = otp.call(actor, "handle", 2.0)
-                if handle is not None and handle.port.alive:
-                    pids.append(handle.port.os_pid)
+            return self.sp.worker_os_pids()
         except otp.ProcessExit:
-            return []  # a worker or the tree is restarting: try again next round
-        return pids
+            return []  # the tree is restarting: try again next round

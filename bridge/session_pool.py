@@ -508,13 +508,23 @@ class SessionPool:
 
     def workers(self) -> list[tuple[Any, otp.Pid]]:
         """``[(worker_id, actor_pid)]`` of the live worker actors."""
-        out = []
+        return [(handle.worker_id, handle.actor) for handle in self._handles()]
+
+    def worker_os_pids(self) -> list[int]:
+        """OS pids of the live worker subprocesses (for chaos tests and monitoring)."""
+        return [handle.port.os_pid for handle in self._handles() if handle.port.alive]
+
+    def _handles(self) -> list[WorkerHandle]:
+        handles = []
         for _, pid, _, _ in DynamicSupervisor.which_children(self._shared.workers_sup):
             if isinstance(pid, otp.Pid):
-                handle = otp.call(pid, "handle", 5.0)
+                try:
+                    handle = otp.call(pid, "handle", 5.0)
+                except otp.ProcessExit:
+                    continue  # it died since the supervisor answered
                 if handle is not None:
-                    out.append((handle.worker_id, pid))
-        return out
+                    handles.append(handle)
+        return handles
 
     def stop(self, reason: Any = "normal", timeout: float | None = 30.0) -> None:
         """Stop the tree: workers get an explicit shutdown frame, then EOF, SIGTERM, SIGKILL."""
