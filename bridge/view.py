@@ -117,12 +117,17 @@ def _rich_frame(frame: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.progress_bar import ProgressBar
+    from rich.table import Table
     from rich.text import Text
 
     parts: list[Any] = []
     if "elapsed" in frame:
-        parts.append(Text(f"{frame['elapsed']:5.1f} / {frame['duration']:g} s"))
-        parts.append(ProgressBar(total=frame["duration"], completed=frame["elapsed"], width=50))
+        progress = Table.grid(padding=(0, 1))
+        progress.add_row(
+            ProgressBar(total=frame["duration"], completed=frame["elapsed"], width=50),
+            Text(f"{frame['elapsed']:5.1f} / {frame['duration']:g} s"),
+        )
+        parts.append(progress)
     parts.append(Panel(Text(frame["tree"]), title="supervision tree"))
     figures = _figures(frame)
     if figures:
