@@ -53,3 +53,16 @@ __all__ = [
     "sleep", "spawn", "spawn_link", "spawn_monitor", "spawn_opt", "stop", "trap_exit",
     "unlink", "unregister", "whereis",
 ]
+
+# Supervision (issue 3).
+from otp import chaos, observer  # noqa: E402
+from otp._clock import ManualClock  # noqa: E402
+from otp.application import run  # noqa: E402
+from otp.dynamic_supervisor import DynamicSupervisor  # noqa: E402
+from otp.supervisor import ChildSpec, Supervisor  # noqa: E402
+from otp.task_supervisor import TaskSupervisor  # noqa: E402
+
+__all__ += [
+    "ChildSpec", "DynamicSupervisor", "ManualClock", "Supervisor", "TaskSupervisor", "chaos",
+    "observer", "run",
+]

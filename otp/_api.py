@@ -69,11 +69,38 @@ def _spawn(
             proc.monitored_by[ref] = parent
             parent.monitors[ref] = proc
         thread = threading.Thread(
-            target=run_process, args=(proc, fn, args, kwargs), name=f"otp{proc.pid!r}", daemon=True
+            target=run_process,
+            args=(proc, fn, args, kwargs),
+            name=f"otp<{node.index}.{proc.number}.0>",  # the pid, without a call to repr
+            daemon=True,
         )
         proc.thread = thread
-    thread.start()
+    _start_thread(parent, thread)
     return proc.pid, ref
+
+
+def _start_thread(spawner: Process | None, thread: threading.Thread) -> None:
+    """Start `thread` while the spawner cannot be interrupted; exit here if it died meanwhile.
+
+    CPython 3.11 gives a new thread's state the *spawner's* thread id until the new thread
+    runs, so PyThreadState_SetAsyncExc(spawner's id) in that window lands in the new thread:
+    it dies inside Thread._bootstrap and the spawner waits in start() for ever. So while the
+    thread starts, the spawner does not count as running user code: a kill only marks it dead,
+    and it exits right here, once start() has returned.
+    """
+    if spawner is None or spawner.adopted:
+        thread.start()  # adopted threads are never interrupted
+        return
+    with spawner._lock:
+        in_user, spawner.in_user = spawner.in_user, False
+    try:
+        thread.start()
+    finally:
+        with spawner._lock:
+            spawner.in_user = in_user
+            dead = spawner.dead
+    if dead:
+        raise ProcessExit(spawner.reason, f"{spawner.pid!r} was killed while it spawned a process")
 
 
 def _current_if_any() -> Process | None:
@@ -89,7 +116,9 @@ def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Pid:
     """Start `fn(*args, **kwargs)` as a new process and return its pid.
 
     >>> import otp
-    >>> pid = otp.spawn(print, "hello from", "a process")
+    >>> pid = otp.spawn(otp.send, otp.self(), "hello from a process")
+    >>> otp.receive("hello from a process", timeout=5)
+    'hello from a process'
     """
     return _spawn(fn, args, kwargs, link=False, monitor=False)[0]
 
@@ -162,8 +191,15 @@ def receive(*patterns: Any, timeout: float | None = None) -> Any:
     >>> otp.receive(timeout=0)
     ('b', 2)
     """
-    _check_timeout(timeout)
-    return current().receive(compile_patterns(patterns), timeout)
+    if timeout is not None:
+        _check_timeout(timeout)
+    proc = current()
+    if not patterns:
+        return proc.receive(None, timeout)
+    cache = proc.patterns
+    if cache is None:
+        cache = proc.patterns = {}
+    return proc.receive(compile_patterns(patterns, cache), timeout)
 
 
 def _check_timeout(timeout: Any) -> None:
@@ -370,6 +406,9 @@ def process_info(pid: Pid) -> ProcessInfo:
         name = proc.name
     with proc._lock:
         status = "dead" if proc.dead else ("waiting" if proc._waiting else "running")
+        blocked_on = proc.blocked_on
+        if blocked_on.__class__ is tuple:  # (verb, target): formatted only when someone asks
+            blocked_on = f"{blocked_on[0]} {blocked_on[1]!r}"
         return ProcessInfo(
             pid=pid,
             status=status,
@@ -379,7 +418,7 @@ def process_info(pid: Pid) -> ProcessInfo:
             monitors=monitors,
             monitored_by=monitored_by,
             trap_exit=proc.trap_exit,
-            blocked_on=proc.blocked_on,
+            blocked_on=blocked_on,
             initial_call=proc.initial_call,
             adopted=proc.adopted,
             reason=proc.reason,

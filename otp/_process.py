@@ -38,6 +38,7 @@ STRUCTURE = threading.Lock()
 """Guards links, monitors, names, process tables and death hooks of all nodes."""
 
 _monotonic = time.monotonic
+_allocate_lock = threading.Lock
 _local = threading.local()
 
 
@@ -60,21 +61,26 @@ class Process:
     """The control block of one process. Users hold `Pid`s; this is the runtime's side."""
 
     __slots__ = (
-        "node", "pid", "_lock", "_wake", "_waiting", "mailbox", "dead", "reason", "trap_exit",
-        "links", "monitors", "monitored_by", "name", "aliases", "adopted", "raise_pending",
-        "in_user", "injected", "blocked_on", "on_death", "thread", "initial_call", "__weakref__",
+        "node", "number", "_pid", "_lock", "_wake", "_waiting", "mailbox", "dead", "reason",
+        "trap_exit", "links", "monitors", "monitored_by", "name", "aliases", "adopted",
+        "raise_pending", "in_user", "injected", "blocked_on", "on_death", "thread",
+        "initial_call", "patterns", "__weakref__",
     )
 
     def __init__(self, node: Node, number: int, *, adopted: bool, initial_call: str) -> None:
         self.node = node
-        self.pid = Pid(node.index, number, self)
+        self.number = number
+        # A Pid refers to its process; the process refers to its Pid only while alive (see
+        # `pid`). So a dead process is in no reference cycle: reference counting frees it once
+        # its pids are gone, with no work for the cyclic GC (which cost ~3 us per spawn).
+        self._pid: Pid | None = Pid(node.index, number, self)
         # Guarded by _lock: mailbox, dead, reason, _waiting, trap_exit, aliases, in_user,
         # injected, blocked_on, raise_pending.
-        self._lock = threading.Lock()
+        self._lock = _allocate_lock()
         # Held while nobody is waiting; the owner blocks acquiring it, a sender releases it.
         # One pre-allocated lock instead of a Condition: no allocation per wait on the hot path.
-        self._wake = threading.Lock()
-        self._wake.acquire()
+        self._wake = wake = _allocate_lock()
+        wake.acquire()
         self._waiting = False
         self.mailbox: deque[Any] = deque()
         self.dead = False
@@ -85,7 +91,7 @@ class Process:
         self.raise_pending = False
         self.in_user = False
         self.injected = False
-        self.blocked_on: str | None = None
+        self.blocked_on: str | tuple[str, Any] | None = None  # a (verb, target) is rendered late
         # Guarded by STRUCTURE: links, monitors (refs I hold -> target), monitored_by (refs on
         # me -> watcher), name, on_death.
         self.links: set[Pid] = set()
@@ -95,9 +101,21 @@ class Process:
         self.on_death: list[Callable[[Pid, Any], None]] = []
         self.thread: threading.Thread | None = None
         self.initial_call = initial_call
+        # Owner thread only: compiled receive templates (see otp._patterns), made on first use.
+        self.patterns: dict[Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Process({self.pid!r}, name={self.name!r}, dead={self.dead})"
+
+    @property
+    def pid(self) -> Pid:
+        """This process's pid: the same object while it lives, an equal new one after death."""
+        # `_pid` changes once, from the Pid to None, under `_lock` at death. Either value is
+        # fine here, so this read needs no lock (and no GIL).
+        pid = self._pid
+        if pid is None:
+            return Pid(self.node.index, self.number, self)
+        return pid
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -150,7 +168,7 @@ class Process:
         match: Callable[[Any], bool] | None,
         timeout: float | None,
         start: int = 0,
-        label: str = "receive",
+        label: str | tuple[str, Any] = "receive",
     ) -> Any:
         """Selective receive: take the oldest message for which `match` is true.
 
@@ -164,14 +182,18 @@ class Process:
             mb = self.mailbox
             i = start
             while True:
-                self._exit_if_dead_locked()
+                if self.dead:
+                    self._exit_if_dead_locked()
                 n = len(mb)
                 # Invariant: mb[start:i] are known not to match; only the owner removes
                 # messages, so indices below len(mb) stay valid while we wait.
                 while i < n:
                     msg = mb[i]
                     if match is None or match(msg):
-                        del mb[i]
+                        if i:
+                            del mb[i]
+                        else:
+                            mb.popleft()
                         return msg
                     i += 1
                 if deadline is None:
@@ -284,7 +306,7 @@ class Node:
     def new_process(self, *, adopted: bool, initial_call: str) -> Process:
         """Create a control block and enter it in the table. Caller holds STRUCTURE."""
         proc = Process(self, next(self._numbers), adopted=adopted, initial_call=initial_call)
-        self.table[proc.pid.number] = proc
+        self.table[proc.number] = proc
         return proc
 
     # -- death ---------------------------------------------------------------------------------
@@ -298,9 +320,11 @@ class Node:
         `Down` or `Exit` is already queued (so `flush` is exact). Death hooks run after, unlocked.
         A chain of a thousand linked processes costs no recursion depth.
         """
-        work: deque[tuple[Process, Any, bool]] = deque([(proc, reason, by_signal)])
-        while work:
-            victim, why, signalled = work.popleft()
+        work: list[tuple[Process, Any, bool]] = [(proc, reason, by_signal)]
+        done = 0
+        while done < len(work):  # breadth first: the direct links die first
+            victim, why, signalled = work[done]
+            done += 1
             hooks = _mark_dead(victim, why, signalled, work)
             for hook in hooks:
                 try:
@@ -334,14 +358,16 @@ class Node:
 
 
 def _mark_dead(
-    proc: Process, reason: Any, by_signal: bool, work: deque[tuple[Process, Any, bool]]
-) -> list[Callable[[Pid, Any], None]]:
+    proc: Process, reason: Any, by_signal: bool, work: list[tuple[Process, Any, bool]]
+) -> list[Callable[[Pid, Any], None]] | tuple[()]:
     with STRUCTURE:
         with proc._lock:
             if proc.dead:
                 return []
             proc.dead = True
             proc.reason = reason
+            me = proc.pid
+            proc._pid = None  # break the Pid <-> Process cycle (see __init__)
             proc.mailbox.clear()
             proc.aliases.clear()
             if proc._waiting:
@@ -357,22 +383,32 @@ def _mark_dead(
         if proc.name is not None:
             node.names.pop(proc.name, None)
             proc.name = None
-        node.table.pop(proc.pid.number, None)
-        for ref, target in proc.monitors.items():
-            target.monitored_by.pop(ref, None)
-        proc.monitors = {}
-        watchers, proc.monitored_by = proc.monitored_by, {}
-        for ref, watcher in watchers.items():
-            watcher.monitors.pop(ref, None)
-            watcher.deliver(Down(ref, proc.pid, reason))
-        linked, proc.links = proc.links, set()
-        for pid in linked:
-            other = pid._proc
-            other.links.discard(proc.pid)
-            fatal = other.take_exit_signal(proc.pid, reason, via_link=True)
-            if fatal is not None:
-                work.append((other, fatal, True))
-        hooks, proc.on_death = proc.on_death, []
+        node.table.pop(proc.number, None)
+        # Emptied in place: we hold the structure lock, and nobody adds to a dead process.
+        monitors = proc.monitors
+        if monitors:
+            for ref, target in monitors.items():
+                target.monitored_by.pop(ref, None)
+            monitors.clear()
+        watchers = proc.monitored_by
+        if watchers:
+            for ref, watcher in watchers.items():
+                watcher.monitors.pop(ref, None)
+                watcher.deliver(Down(ref, me, reason))
+            watchers.clear()
+        linked = proc.links
+        if linked:
+            for pid in linked:
+                other = pid._proc
+                other.links.discard(me)
+                fatal = other.take_exit_signal(me, reason, via_link=True)
+                if fatal is not None:
+                    work.append((other, fatal, True))
+            linked.clear()
+        hooks = proc.on_death
+        if not hooks:
+            return ()
+        proc.on_death = []
     return hooks
 
 
@@ -388,7 +424,7 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 def _interrupt(proc: Process) -> None:
     """Raise `_Interrupted` in a zombie's thread at its next bytecode boundary.
 
-    Called with `proc._lock` held, so it cannot race with `_leave_user`, which cancels a pending
+    Called with `proc._lock` held, so it cannot race with `run_process`, which cancels a pending
     injection once the thread is back in runtime code that must finish its own clean-up.
     """
     thread = proc.thread
@@ -468,12 +504,30 @@ def _adopt() -> Process:
 
 
 def run_process(proc: Process, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """The body of every spawned thread: setup, running, teardown."""
+    """The body of every spawned thread: setup, running, teardown (one function: it is hot)."""
     _local.proc = proc
     try:
-        reason, stack = _run_user(proc, fn, args, kwargs)
-        _leave_user(proc)
-        if reason is _ZOMBIE or proc.dead:
+        with proc._lock:
+            if proc.dead:
+                return  # killed before it ran a line
+            proc.in_user = True
+        stack = None
+        try:
+            fn(*args, **kwargs)
+            reason: Any = "normal"
+        except ProcessExit as exc:
+            reason = exc.reason
+        except _Interrupted:
+            reason = None  # the process is already dead: a zombie stops here
+        except BaseException as exc:  # noqa: BLE001 - any escape is the process's exit reason
+            reason, stack = exc, traceback.format_exc()
+        with proc._lock:
+            # Back in runtime code: from here on, a kill must not interrupt our clean-up.
+            proc.in_user = False
+            if proc.injected:
+                _cancel_interrupt(proc)
+            dead = proc.dead
+        if dead:
             return
         if stack is not None:
             _crash_report(proc, reason, stack)
@@ -482,33 +536,7 @@ def run_process(proc: Process, fn: Callable[..., Any], args: tuple, kwargs: dict
         pass  # injected after death, before the cancel: the process is already gone
     finally:
         _local.proc = None
-
-
-_ZOMBIE = object()
-
-
-def _run_user(
-    proc: Process, fn: Callable[..., Any], args: tuple, kwargs: dict
-) -> tuple[Any, str | None]:
-    try:
-        with proc._lock:
-            if proc.dead:
-                return _ZOMBIE, None
-            proc.in_user = True
-        fn(*args, **kwargs)
-        return "normal", None
-    except ProcessExit as exc:
-        return exc.reason, None
-    except _Interrupted:
-        return _ZOMBIE, None
-    except BaseException as exc:  # noqa: BLE001 - any escape is the process's exit reason
-        return exc, traceback.format_exc()
-
-
-def _leave_user(proc: Process) -> None:
-    with proc._lock:
-        proc.in_user = False
-        _cancel_interrupt(proc)
+        proc.patterns = None  # may hold our own pid: drop it, so nothing is left in a cycle
 
 
 def _crash_report(proc: Process, reason: Any, stack: str) -> None:

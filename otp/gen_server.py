@@ -40,7 +40,6 @@ from __future__ import annotations
 import traceback
 from typing import Any, ClassVar
 
-import attrs
 from loguru import logger
 
 from otp._api import demonitor_process, spawn_opt, unlink
@@ -53,12 +52,30 @@ __all__ = ["From", "GenServer", "call", "cast", "reply", "start", "start_link", 
 IGNORE = "ignore"
 
 
-@attrs.frozen
 class From:
-    """Who is waiting for a reply: pass it to `reply` to answer later."""
+    """Who is waiting for a reply: pass it to `reply` to answer later.
 
-    pid: Pid
-    ref: Ref
+    A value (compared and hashed by pid and ref), treated as immutable. A plain slotted class
+    rather than an attrs one, like `Ref`: every `call` makes one, so it is hot.
+    """
+
+    __slots__ = ("pid", "ref")
+    __match_args__ = ("pid", "ref")
+
+    def __init__(self, pid: Pid, ref: Ref) -> None:
+        self.pid = pid
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"From(pid={self.pid!r}, ref={self.ref!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not From:
+            return NotImplemented
+        return self.ref == other.ref and self.pid == other.pid  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.ref))
 
 
 class _Call:
@@ -141,8 +158,11 @@ class GenServer:
     def start_link(cls, arg: Any = None, *, name: Any = None, timeout: float | None = 5.0) -> Any:
         """Start linked to the caller; returns the pid once `init` returned, or ``"ignore"``.
 
-        Raises `StartError` when `init` fails, returns ``("stop", reason)``, or times out; the
-        name is free again by then. ``StartError(("already_started", pid))`` if `name` is taken.
+        Raises `StartError` when `init` raises or exits, returns ``("stop", reason)`` or a bad
+        shape (`BadReturn`), or does not return within `timeout` (``("timeout", name, timeout)``;
+        the server is killed). ``StartError(("already_started", pid))`` if `name` is taken. On a
+        failure the server has exited and its name is free by the time this returns, and a
+        non-trapping caller is not killed by its exit.
         """
         return _start(cls, arg, name=name, link=True, timeout=timeout)
 
@@ -163,48 +183,70 @@ class GenServer:
         }
 
 
-def start_link(cls: type[GenServer], arg: Any = None, **opts: Any) -> Any:
-    """``GenServer.start_link(Module, arg)`` spelled as a function."""
-    return cls.start_link(arg, **opts)
+def start_link(
+    cls: type[GenServer], arg: Any = None, *, name: Any = None, timeout: float | None = 5.0
+) -> Any:
+    """``GenServer.start_link(Module, arg)`` spelled as a function; see `GenServer.start_link`."""
+    return _start(cls, arg, name=name, link=True, timeout=timeout)
 
 
-def start(cls: type[GenServer], arg: Any = None, **opts: Any) -> Any:
-    """``GenServer.start(Module, arg)`` spelled as a function."""
-    return cls.start(arg, **opts)
+def start(
+    cls: type[GenServer], arg: Any = None, *, name: Any = None, timeout: float | None = 5.0
+) -> Any:
+    """``GenServer.start(Module, arg)`` spelled as a function; see `GenServer.start`."""
+    return _start(cls, arg, name=name, link=False, timeout=timeout)
 
 
 def _start(cls: type[GenServer], arg: Any, *, name: Any, link: bool, timeout: float | None) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, GenServer)):
         raise TypeError(f"expected a GenServer subclass, got {cls!r}")
     me = current()
+    # The answer comes through an alias, so that one sent just as we gave up is dropped.
     ack_ref = make_ref()
+    with me._lock:
+        me.aliases.add(ack_ref)
     try:
         pid, mon = spawn_opt(
             _server_main, cls, arg, me.pid if link else None, From(me.pid, ack_ref),
             link=link, monitor=True, name=name,
         )
+        assert mon is not None
+
+        def is_ack(m: Any) -> bool:
+            kind = m.__class__
+            return (kind is _Ack and m.ref == ack_ref) or (kind is Down and m.ref == mon)
+
+        msg = me.receive(is_ack, timeout, label=("start", cls))
     except AlreadyRegistered as exc:
         raise StartError(("already_started", exc.pid)) from None
-    assert mon is not None
-
-    def is_ack(m: Any) -> bool:
-        return (m.__class__ is _Ack and m.ref == ack_ref) or (m.__class__ is Down and m.ref == mon)
-
-    msg = me.receive(is_ack, timeout, label=f"start {cls.__name__}")
+    finally:
+        with me._lock:
+            me.aliases.discard(ack_ref)
     if msg is TIMEOUT:
+        # OTP's kill_flush_EXIT: unlink first, so that the kill does not come back to us.
         unlink(pid)
         me.node.signal(pid, me.pid, "kill")
-        demonitor_process(me, mon, flush=True)
+        demonitor_process(me, mon, flush=True)  # the kill is synchronous: its Down is queued
+        _flush_exit(me, pid)
         raise StartError(("timeout", cls.__name__, timeout))
-    if msg.__class__ is Down:
+    if msg.__class__ is Down:  # killed before it could answer
+        _flush_exit(me, pid)
         raise StartError(msg.reason)
-    demonitor_process(me, mon, flush=True)
     status, value = msg.result
     if status == "ok":
+        demonitor_process(me, mon, flush=True)
         return pid
+    # The server unlinked itself and freed its name before answering. As OTP 26 does, return
+    # only once it has exited, so that the caller never sees the failed server still alive.
+    me.receive(lambda m: m.__class__ is Down and m.ref == mon, None, label=("start", cls))
     if status == "ignore":
         return IGNORE
     raise StartError(value)
+
+
+def _flush_exit(me: Process, pid: Pid) -> None:
+    """Remove an `Exit` from `pid` that a trapping caller may have got (OTP's flush_EXIT)."""
+    me.flush_matching(lambda m: m.__class__ is Exit and m.pid == pid)
 
 
 # -- the client API ----------------------------------------------------------------------------
@@ -220,46 +262,66 @@ def _resolve_server(server: Any) -> Process | None:
 
 
 def call(server: Pid | Any, request: Any, timeout: float | None = 5.0) -> Any:
-    """Send `request` and wait for the reply.
+    """Send `request` and wait for the reply; returns the reply.
 
-    Exits the caller (raises `ProcessExit`) with ``("timeout", ("call", server, request,
-    timeout))`` when no reply comes in time, with ``("noproc", ...)`` if the server is dead or
-    the name unregistered, and with the server's reason if it dies first. A reply that arrives
-    after the timeout is dropped, never left in the caller's mailbox.
+    Otherwise exits the caller (raises `ProcessExit`) with ``(why, ("call", server, request,
+    timeout))``, where `why` is:
+
+    - ``"timeout"`` when no reply came in time (`None` waits for ever);
+    - ``"noproc"`` at once, if the server is dead or the name is not registered;
+    - the server's exit reason, if it dies before replying;
+    - ``"calling_self"`` if a server calls itself (which could only time out).
+
+    A reply that arrives after the timeout is dropped, never left in the caller's mailbox.
     """
     me = current()
     proc = _resolve_server(server)
-    detail = ("call", server, request, timeout)
+    if proc is me:
+        raise ProcessExit(("calling_self", ("call", server, request, timeout)))
     ref = make_ref()
+    # Monitor the server and open the reply alias in one step (structure lock, then ours, as
+    # the lock order says). Messages already queued cannot carry the fresh ref: skip them.
     with STRUCTURE:
-        alive = proc is not None and not proc.dead
-        if alive:
-            assert proc is not None
+        if proc is None or proc.dead:
+            proc = None
+        else:
             proc.monitored_by[ref] = me
             me.monitors[ref] = proc
-    if not alive:
-        raise ProcessExit(("noproc", detail))
-    assert proc is not None
-    with me._lock:
-        me.aliases.add(ref)
-        mark = len(me.mailbox)
+            with me._lock:
+                me.aliases.add(ref)
+                mark = len(me.mailbox)
+    if proc is None:
+        raise ProcessExit(("noproc", ("call", server, request, timeout)))
     proc.deliver(_Call(From(me.pid, ref), request))
 
     def is_answer(m: Any) -> bool:
         return (m.__class__ is _Reply or m.__class__ is Down) and m.ref == ref
 
     try:
-        msg = me.receive(is_answer, timeout, start=mark, label=f"call {server!r}")
+        msg = me.receive(is_answer, timeout, mark, ("call", server))  # process_info renders it
     finally:
-        with me._lock:
-            me.aliases.discard(ref)
+        _close_call(me, ref)
     if msg.__class__ is _Reply:
-        demonitor_process(me, ref, flush=True)
         return msg.value
     if msg is TIMEOUT:
-        demonitor_process(me, ref, flush=True)
-        raise ProcessExit(("timeout", detail))
-    raise ProcessExit((msg.reason, detail))
+        raise ProcessExit(("timeout", ("call", server, request, timeout)))
+    raise ProcessExit((msg.reason, ("call", server, request, timeout)))
+
+
+def _close_call(me: Process, ref: Ref) -> None:
+    """Drop the call's monitor and alias, and a `Down` for it already queued.
+
+    Downs are queued under the structure lock, so a monitor still present means none was or
+    will be queued, and the mailbox needs no scan: the common case costs one lock.
+    """
+    with STRUCTURE:
+        target = me.monitors.pop(ref, None)
+        if target is not None:
+            target.monitored_by.pop(ref, None)
+        with me._lock:
+            me.aliases.discard(ref)
+    if target is None:
+        me.flush_matching(lambda m: m.__class__ is Down and m.ref == ref)
 
 
 def cast(server: Pid | Any, msg: Any) -> None:
@@ -278,11 +340,16 @@ def reply(from_: From, value: Any) -> None:
 def stop(server: Pid | Any, reason: Any = "normal", timeout: float | None = None) -> None:
     """Stop the server with `reason`, running `terminate`, and wait until it has exited.
 
-    Raises `ProcessExit` with ``"noproc"`` if it is not running, ``"timeout"`` if it does not
-    stop in time, or the reason it actually exited with if that differs.
+    Returns None once the server exited with `reason`. Otherwise exits the caller (raises
+    `ProcessExit`) with ``(why, ("stop", server, reason))``, where `why` is ``"noproc"`` if it is
+    not running, ``"timeout"`` if it did not stop within `timeout`, ``"calling_self"``, or the
+    reason it actually exited with when that differs (say, `terminate` raised).
     """
     me = current()
     proc = _resolve_server(server)
+    detail = ("stop", server, reason)
+    if proc is me:
+        raise ProcessExit(("calling_self", detail))
     ref = make_ref()
     with STRUCTURE:
         alive = proc is not None and not proc.dead
@@ -291,16 +358,16 @@ def stop(server: Pid | Any, reason: Any = "normal", timeout: float | None = None
             proc.monitored_by[ref] = me
             me.monitors[ref] = proc
     if not alive:
-        raise ProcessExit(("noproc", ("stop", server, reason)))
+        raise ProcessExit(("noproc", detail))
     assert proc is not None
     mark = me.mailbox_mark()
     proc.deliver(_Stop(reason))
     msg = me.receive(lambda m: m.__class__ is Down and m.ref == ref, timeout, start=mark)
     if msg is TIMEOUT:
         demonitor_process(me, ref, flush=True)
-        raise ProcessExit(("timeout", ("stop", server, reason)))
+        raise ProcessExit(("timeout", detail))
     if msg.reason != reason:
-        raise ProcessExit(msg.reason)
+        raise ProcessExit((msg.reason, detail))
 
 
 # -- the server loop ---------------------------------------------------------------------------
@@ -321,8 +388,9 @@ class _Stopping(Exception):
 
 def _server_main(cls: type[GenServer], arg: Any, parent: Pid | None, starter: From) -> None:
     me = current()
-    server = cls()
+    server: Any = cls  # reported by its class if the constructor itself fails
     try:
+        server = cls()
         result = server.init(arg)
         state, extra = _check_init(result)
     except _Stopping as stopping:
@@ -331,11 +399,18 @@ def _server_main(cls: type[GenServer], arg: Any, parent: Pid | None, starter: Fr
     except _Ignored:
         _fail_start(me, parent, starter, ("ignore", None))
         raise ProcessExit("normal") from None
+    except ProcessExit as exc:
+        if me.dead:  # an exit signal killed us during init: nothing left to tell
+            raise
+        # init called exit(reason) (or a call it made exited): as OTP's init_it, that is a
+        # start failure returned to the caller, not an exit signal that kills it.
+        _fail_start(me, parent, starter, ("error", exc.reason))
+        raise ProcessExit(exc.reason) from None
     except Exception as exc:  # noqa: BLE001 - init failure goes back to the starter
         _report(server, me, "init", exc, traceback.format_exc(), None)
         _fail_start(me, parent, starter, ("error", exc))
         raise ProcessExit(exc) from None
-    starter.pid._proc.deliver(_Ack(starter.ref, ("ok", None)))
+    starter.pid._proc.deliver_reply(starter.ref, _Ack(starter.ref, ("ok", None)))
     _loop(server, me, parent, state, extra)
 
 
@@ -352,7 +427,7 @@ def _fail_start(me: Process, parent: Pid | None, starter: From, result: tuple[st
             me.name = None
     if parent is not None:
         unlink(parent)
-    starter.pid._proc.deliver(_Ack(starter.ref, result))
+    starter.pid._proc.deliver_reply(starter.ref, _Ack(starter.ref, result))
 
 
 def _check_init(result: Any) -> tuple[Any, Any]:
@@ -360,7 +435,7 @@ def _check_init(result: Any) -> tuple[Any, Any]:
         case ("ok", state):
             return state, None
         case ("ok", state, extra):
-            return state, _check_extra(extra, _INIT_SHAPES, result)
+            return state, _check_extra(extra, "init", _INIT_SHAPES, result)
         case "ignore":
             raise _Ignored()
         case ("stop", reason):
@@ -368,7 +443,7 @@ def _check_init(result: Any) -> tuple[Any, Any]:
     raise BadReturn(f"init: expected {_INIT_SHAPES}, got {result!r}")
 
 
-def _check_extra(extra: Any, shapes: str, result: Any) -> Any:
+def _check_extra(extra: Any, callback: str, shapes: str, result: Any) -> Any:
     match extra:
         case "hibernate" | None:
             return None
@@ -376,27 +451,42 @@ def _check_extra(extra: Any, shapes: str, result: Any) -> Any:
             return extra
         case int() | float() if not isinstance(extra, bool) and extra >= 0:
             return extra
-    raise BadReturn(f"expected {shapes} where extra is a timeout, 'hibernate' or ('continue', arg), got {result!r}")
+    raise BadReturn(
+        f"{callback}: expected {shapes} where extra is a timeout >= 0, 'hibernate' or "
+        f"('continue', arg), got {result!r}"
+    )
 
 
 def _loop(server: GenServer, me: Process, parent: Pid | None, state: Any, extra: Any) -> None:
-    while True:
-        try:
+    receive = me.receive
+    try:
+        while True:
             while extra.__class__ is tuple:  # ("continue", arg)
                 state, extra = _noreply(server.handle_continue(extra[1], state), "handle_continue")
-            msg = me.receive(None, extra, label="gen_server loop")
-            state, extra = _dispatch(server, me, parent, msg, state)
-        except _Stopping as stopping:
-            _terminate(server, me, stopping.reason, stopping.state)
-            raise ProcessExit(stopping.reason) from None
-        except Exception as exc:  # noqa: BLE001 - a crash in a callback ends the server
-            stack = traceback.format_exc()
-            _report(server, me, "callback", exc, stack, state)
-            _terminate(server, me, exc, state)
-            raise ProcessExit(exc) from None
+            msg = receive(None, extra, 0, "gen_server loop")
+            if msg.__class__ is _Call:  # the hot path, inline: a call answered at once
+                from_ = msg.from_
+                result = server.handle_call(msg.request, from_, state)
+                if result.__class__ is tuple and len(result) == 3 and result[0] == "reply":
+                    from_.pid._proc.deliver_reply(from_.ref, _Reply(from_.ref, result[1]))
+                    state, extra = result[2], None
+                else:
+                    state, extra = _handle_call_result(result, from_)
+            else:
+                state, extra = _dispatch(server, me, parent, msg, state)
+    except _Stopping as stopping:
+        _terminate(server, me, stopping.reason, stopping.state)
+        raise ProcessExit(stopping.reason) from None
+    except Exception as exc:  # noqa: BLE001 - a crash in a callback ends the server
+        stack = traceback.format_exc()
+        _report(server, me, "callback", exc, stack, state)
+        _terminate(server, me, exc, state)
+        raise ProcessExit(exc) from None
 
 
-def _dispatch(server: GenServer, me: Process, parent: Pid | None, msg: Any, state: Any) -> tuple[Any, Any]:
+def _dispatch(
+    server: GenServer, me: Process, parent: Pid | None, msg: Any, state: Any
+) -> tuple[Any, Any]:
     kind = msg.__class__
     if kind is _Call:
         return _handle_call_result(server.handle_call(msg.request, msg.from_, state), msg.from_)
@@ -419,11 +509,11 @@ def _handle_call_result(result: Any, from_: From) -> tuple[Any, Any]:
             return state, None
         case ("reply", value, state, extra):
             reply(from_, value)
-            return state, _check_extra(extra, _CALL_SHAPES, result)
+            return state, _check_extra(extra, "handle_call", _CALL_SHAPES, result)
         case ("noreply", state):
             return state, None
         case ("noreply", state, extra):
-            return state, _check_extra(extra, _CALL_SHAPES, result)
+            return state, _check_extra(extra, "handle_call", _CALL_SHAPES, result)
         case ("stop", reason, value, state):
             reply(from_, value)
             raise _Stopping(reason, state)
@@ -433,11 +523,13 @@ def _handle_call_result(result: Any, from_: From) -> tuple[Any, Any]:
 
 
 def _noreply(result: Any, callback: str) -> tuple[Any, Any]:
+    if result.__class__ is tuple and len(result) == 2 and result[0] == "noreply":  # the hot path
+        return result[1], None
     match result:
         case ("noreply", state):
             return state, None
         case ("noreply", state, extra):
-            return state, _check_extra(extra, _NOREPLY_SHAPES, result)
+            return state, _check_extra(extra, callback, _NOREPLY_SHAPES, result)
         case ("stop", reason, state):
             raise _Stopping(reason, state)
     raise BadReturn(f"{callback}: expected {_NOREPLY_SHAPES}, got {result!r}")
@@ -451,13 +543,19 @@ def _terminate(server: GenServer, me: Process, reason: Any, state: Any) -> None:
         raise ProcessExit(exc) from None
 
 
-def _report(server: GenServer, me: Process, where: str, exc: BaseException, stack: str, state: Any) -> None:
+def _report(
+    server: Any, me: Process, where: str, exc: BaseException, stack: str, state: Any
+) -> None:
     if is_normal_exit(exc):
         return
-    logger.bind(pid=repr(me.pid), registered_name=me.name).error(
-        "GenServer {pid} ({server}) terminating in {where}: {reason!r}\nlast state: {state!r}\n{stack}",
+    with STRUCTURE:
+        name = me.name
+    logger.bind(pid=repr(me.pid), registered_name=name).error(
+        "GenServer {pid} ({server}{registered}) terminating in {where}: {reason!r}\n"
+        "last state: {state!r}\n{stack}",
         pid=me.pid,
-        server=type(server).__name__,
+        server=server.__name__ if isinstance(server, type) else type(server).__name__,
+        registered="" if name is None else f", registered as {name!r}",
         where=where,
         reason=exc,
         state=state,

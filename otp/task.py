@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 
-from otp._api import _spawn, demonitor_process, unlink
+from otp._api import _spawn, demonitor_process, monitor, unlink
 from otp._errors import ProcessExit
-from otp._process import Process, current
+from otp._process import Process, _monotonic, current
 from otp._terms import TIMEOUT, Down, Pid, Ref, make_ref
 
 __all__ = ["Task"]
@@ -38,7 +38,10 @@ def _task_main(owner: Pid, ref: Ref, fn: Callable[..., Any], args: tuple) -> Non
 
 @attrs.frozen
 class Task:
-    """A running task: its pid, the monitor ref its reply is tagged with, and its owner."""
+    """A running task: its pid, the monitor ref its reply is tagged with, and its owner.
+
+    Only the owner (the process that started it) may `await_`, `yield_` or `shutdown` it.
+    """
 
     pid: Pid
     ref: Ref
@@ -46,76 +49,162 @@ class Task:
 
     @staticmethod
     def async_(fn: Callable[..., Any], *args: Any) -> Task:
-        """Start `fn(*args)` linked to and monitored by the caller."""
+        """Start `fn(*args)` linked to and monitored by the caller.
+
+        The task's crash is an exit signal to the caller: a caller that does not trap exits
+        dies with the task's reason (even before it awaits).
+        """
         return _async(fn, args, link=True)
 
     def await_(self, timeout: float | None = 5.0) -> Any:
-        """The task's result. Exits the caller with the task's reason if it dies first, or with
-        ``("timeout", ("await", task, timeout))`` when the timeout passes."""
+        """The task's result, once it has returned.
+
+        Exits the caller (raises `ProcessExit`) with ``(reason, ("await", task, timeout))`` if
+        the task dies first, and with ``("timeout", ("await", task, timeout))`` when `timeout`
+        passes; in that case the monitor is dropped and a later result is never delivered. A
+        linked task then dies with the caller, unless the caller catches the exit.
+        """
         me = self._owner_process("await_")
         msg = me.receive(self._matcher(), timeout, label=f"await {self.pid!r}")
         if msg is TIMEOUT:
+            self._forget(me)
             raise ProcessExit(("timeout", ("await", self, timeout)))
-        return self._finish(me, msg, exit_on_down=True)[1]
+        if msg.__class__ is Down:
+            self._forget(me)
+            raise ProcessExit((msg.reason, ("await", self, timeout)))
+        self._forget(me)
+        return msg.value
 
     def yield_(self, timeout: float | None = 5.0) -> tuple[str, Any] | None:
-        """``("ok", result)``, ``("exit", reason)`` or None if still running after `timeout`."""
+        """Wait up to `timeout` for the task: ``("ok", result)``, ``("exit", reason)`` if it
+        died (only seen by a caller that is not linked or traps exits), or None if it is still
+        running; the task keeps running and `yield_` may be called again."""
         me = self._owner_process("yield_")
         msg = me.receive(self._matcher(), timeout, label=f"yield {self.pid!r}")
         if msg is TIMEOUT:
             return None
-        return self._finish(me, msg, exit_on_down=False)
+        self._forget(me)
+        if msg.__class__ is Down:
+            return ("exit", msg.reason)
+        return ("ok", msg.value)
 
     def shutdown(self, timeout: float | str = 5.0) -> tuple[str, Any] | None:
-        """Stop the task (``shutdown``, then ``kill`` after `timeout`; or ``"brutal_kill"``).
+        """Unlink and stop the task, then check for a result (Elixir's ``Task.shutdown``).
 
-        Returns ``("ok", result)`` if it had already finished, ``("exit", reason)`` if it had
-        died abnormally, else None.
+        Sends ``shutdown`` and kills the task if it has not exited within `timeout` seconds;
+        ``"brutal_kill"`` kills it at once. Returns ``("ok", result)`` if the result arrived
+        (even just before the shutdown), None if the task was stopped as asked, and
+        ``("exit", reason)`` if it died otherwise: crashed earlier, or ignored the shutdown and
+        was killed after `timeout` (``("exit", "killed")``). ``("exit", "noproc")`` when the task
+        was already awaited.
         """
         me = self._owner_process("shutdown")
-        unlink(self.pid)
         brutal = timeout == "brutal_kill"
-        me.node.signal(self.pid, me.pid, "kill" if brutal else "shutdown")
-        msg = me.receive(self._matcher(), None if brutal else timeout)
+        if not brutal:
+            _check_timeout(timeout)
+        mon = monitor(self.pid)
+        kind = "brutal_kill" if brutal else "shutdown"
+        try:
+            unlink(self.pid)
+        finally:  # the signal goes out even if we are killed while unlinking
+            me.node.signal(self.pid, me.pid, "kill" if brutal else "shutdown")
+        is_down = lambda m: m.__class__ is Down and m.ref == mon  # noqa: E731
+        msg = me.receive(is_down, None if brutal else timeout, label=f"shutdown {self.pid!r}")
         if msg is TIMEOUT:
             me.node.signal(self.pid, me.pid, "kill")
-            msg = me.receive(self._matcher(), None)
-        result = self._finish(me, msg, exit_on_down=False)
-        if result[0] == "exit" and result[1] in ("shutdown", "killed"):
-            return None
-        return result
+            kind = "timeout_kill"
+            msg = me.receive(is_down, None, label=f"shutdown {self.pid!r}")
+        if msg.reason == "noproc":
+            outcome = self._down_before_shutdown(me, kind)
+        else:
+            outcome = None if _as_asked(msg.reason, kind) else ("exit", msg.reason)
+        result = self._take_reply(me)
+        self._forget(me)
+        return result or outcome
+
+    @staticmethod
+    def await_many(tasks: Iterable[Task], timeout: float | None = 5.0) -> list[Any]:
+        """The results of all `tasks`, in their order, within one overall `timeout`.
+
+        Replies are taken in whatever order they arrive. Exits the caller with ``("timeout",
+        ("await_many", tasks, timeout))`` or, when a task dies first, with ``(reason,
+        ("await_many", tasks, timeout))``; the tasks still pending are no longer monitored then.
+        """
+        tasks = list(tasks)
+        me = current()
+        for task in tasks:
+            task._owner_process("await_many")
+        detail = ("await_many", tasks, timeout)
+        pending = {task.ref: task for task in tasks}
+        replies: dict[Ref, Any] = {}
+        deadline = None if timeout is None else _monotonic() + timeout
+
+        def answer(m: Any) -> bool:
+            return (m.__class__ is _TaskReply or m.__class__ is Down) and m.ref in pending
+
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - _monotonic())
+            msg = me.receive(answer, left, label="await_many")
+            if msg is TIMEOUT or msg.__class__ is Down:
+                for task in pending.values():
+                    task._forget(me)
+                raise ProcessExit(("timeout" if msg is TIMEOUT else msg.reason, detail))
+            pending.pop(msg.ref)._forget(me)
+            replies[msg.ref] = msg.value
+        return [replies[task.ref] for task in tasks]
+
+    # -- helpers ---------------------------------------------------------------------------
 
     def _owner_process(self, action: str) -> Process:
         me = current()
         if me.pid != self.owner:
-            raise RuntimeError(f"{action}: task {self.pid!r} is owned by {self.owner!r}, not {me.pid!r}")
+            raise RuntimeError(
+                f"{action}: task {self.pid!r} must be queried from its owner {self.owner!r}, "
+                f"not from {me.pid!r}"
+            )
         return me
 
     def _matcher(self) -> Callable[[Any], bool]:
         ref = self.ref
         return lambda m: (m.__class__ is _TaskReply or m.__class__ is Down) and m.ref == ref
 
-    def _finish(self, me: Process, msg: Any, *, exit_on_down: bool) -> tuple[str, Any]:
+    def _forget(self, me: Process) -> None:
+        """Stop listening: drop the alias (a later reply is dropped) and the monitor."""
         with me._lock:
             me.aliases.discard(self.ref)
-        if msg.__class__ is _TaskReply:
-            demonitor_process(me, self.ref, flush=True)
-            return ("ok", msg.value)
-        if exit_on_down:
-            raise ProcessExit((msg.reason, ("await", self)))
-        return ("exit", msg.reason)
+        demonitor_process(me, self.ref, flush=True)
 
-    @staticmethod
-    def await_many(tasks: Iterable[Task], timeout: float | None = 5.0) -> list[Any]:
-        """Await every task within one overall timeout; results in the tasks' order."""
-        import time
+    def _take_reply(self, me: Process) -> tuple[str, Any] | None:
+        ref = self.ref
+        msg = me.receive(lambda m: m.__class__ is _TaskReply and m.ref == ref, 0)
+        return None if msg is TIMEOUT else ("ok", msg.value)
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        out = []
-        for task in tasks:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            out.append(task.await_(left))
-        return out
+    def _down_before_shutdown(self, me: Process, kind: str) -> tuple[str, Any] | None:
+        """The task was dead before `shutdown`: its own Down, if still queued, says why."""
+        ref = self.ref
+        msg = me.receive(lambda m: m.__class__ is Down and m.ref == ref, 0)
+        if msg is TIMEOUT:
+            return ("exit", "noproc")
+        return None if _as_asked(msg.reason, kind) else ("exit", msg.reason)
+
+
+def _as_asked(reason: Any, kind: str) -> bool:
+    """Did the task die of the shutdown we sent? (Elixir's shutdown_receive clauses.)"""
+    match kind, reason:
+        case ("shutdown" | "timeout_kill", "shutdown"):
+            return True
+        case ("brutal_kill", "killed"):
+            return True
+    return False
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ValueError(
+            f"shutdown timeout must be seconds >= 0, None or 'brutal_kill', got {timeout!r}"
+        )
 
 
 def _async(fn: Callable[..., Any], args: tuple, *, link: bool) -> Task:
@@ -126,7 +215,9 @@ def _async(fn: Callable[..., Any], args: tuple, *, link: bool) -> Task:
     ref = make_ref()
     with me._lock:
         me.aliases.add(ref)
-    pid, _ = _spawn(_task_main, (me.pid, ref, fn, args), {}, link=link, monitor=True, monitor_ref=ref)
+    pid, _ = _spawn(
+        _task_main, (me.pid, ref, fn, args), {}, link=link, monitor=True, monitor_ref=ref
+    )
     return Task(pid, ref, me.pid)
 
 

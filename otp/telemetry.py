@@ -4,7 +4,7 @@
 >>> seen = []
 >>> telemetry.attach("doc", ["pool", "checkout"], lambda e, m, md, cfg: seen.append(m))
 >>> telemetry.execute(["pool", "checkout"], {"duration": 0.1}, {})
->>> telemetry.detach("doc"); seen
+>>> _ = telemetry.detach("doc"); seen
 [{'duration': 0.1}]
 
 Handlers run synchronously in the thread that executes the event. A handler that raises is
@@ -14,10 +14,14 @@ detached and logged, and the caller never sees the error.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from loguru import logger
+
+from otp._errors import ProcessExit
+from otp._process import _local
 
 __all__ = ["attach", "attach_many", "detach", "execute", "list_handlers", "span"]
 
@@ -83,7 +87,8 @@ def list_handlers(prefix: Sequence[str] = ()) -> list[tuple[str, tuple[str, ...]
 def execute(event: Sequence[str], measurements: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
     """Run every handler attached to `event`, in attach order."""
     key = tuple(event)
-    handlers = _by_event.get(key)  # a snapshot tuple; see the lock comment above
+    with _lock:  # copy-on-write: the tuple we get is never changed, so we run it unlocked
+        handlers = _by_event.get(key)
     if not handlers:
         return
     md = metadata if metadata is not None else {}
@@ -91,16 +96,36 @@ def execute(event: Sequence[str], measurements: dict[str, Any], metadata: dict[s
         try:
             handler(key, measurements, md, config)
         except Exception:  # noqa: BLE001 - a broken handler must never break the caller
-            logger.opt(exception=True).error(
-                "telemetry handler {handler_id!r} failed on {event}; detaching it",
-                handler_id=handler_id,
-                event=key,
-            )
-            detach(handler_id)
+            _handler_failed(handler_id, key)
+        except ProcessExit:
+            # A handler's own exit (say, a call to a dead server) is a failing handler, as in
+            # Erlang's telemetry, which catches every class. Our own death is not: go on dying.
+            if _caller_is_dead():
+                raise
+            _handler_failed(handler_id, key)
+
+
+def _handler_failed(handler_id: str, key: tuple[str, ...]) -> None:
+    logger.opt(exception=True).error(
+        "telemetry handler {handler_id!r} failed on {event}; detaching it",
+        handler_id=handler_id,
+        event=key,
+    )
+    detach(handler_id)
+
+
+def _caller_is_dead() -> bool:
+    proc = getattr(_local, "proc", None)
+    return proc is not None and proc.dead
 
 
 class span:
     """Emit ``event + [start]`` and ``event + [stop]`` (or ``[exception]``) around a block.
+
+    As Erlang's ``telemetry:span/3``: start carries ``monotonic_time`` and ``system_time``;
+    stop and exception carry ``duration`` and ``monotonic_time`` (seconds); exception adds
+    ``kind``, ``reason`` and ``stacktrace`` to the metadata, and the exception propagates.
+    The metadata dict is yielded, so the block may add to what stop reports.
 
     >>> with span(["demo", "work"], {"job": 1}):
     ...     pass
@@ -111,17 +136,19 @@ class span:
         self.metadata = dict(metadata or {})
 
     def __enter__(self) -> dict[str, Any]:
-        import time
-
         self._start = time.monotonic()
-        execute(self.event + ("start",), {"monotonic_time": self._start}, self.metadata)
+        execute(
+            self.event + ("start",),
+            {"monotonic_time": self._start, "system_time": time.time()},
+            dict(self.metadata),  # a snapshot: the block may add to the dict stop reports
+        )
         return self.metadata
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        import time
-
-        duration = time.monotonic() - self._start
+        end = time.monotonic()
+        measurements = {"duration": end - self._start, "monotonic_time": end}
         if exc is None:
-            execute(self.event + ("stop",), {"duration": duration}, self.metadata)
+            execute(self.event + ("stop",), measurements, self.metadata)
         else:
-            execute(self.event + ("exception",), {"duration": duration}, {**self.metadata, "kind": kind, "reason": exc})
+            metadata = {**self.metadata, "kind": kind, "reason": exc, "stacktrace": tb}
+            execute(self.event + ("exception",), measurements, metadata)
