@@ -430,20 +430,23 @@ class Port:
             return
         self._read_stdout(deliver=True)
 
-    def _read_stdout(self, *, deliver: bool) -> None:
-        """Read what is there and decode it. Runs on the loop thread, or in a passive owner."""
+    def _read_stdout(self, *, deliver: bool) -> bool:
+        """Read what is there and decode it. Runs on the loop thread, or in a passive owner.
+
+        True when data was read and more may follow; False on an empty pipe, EOF or a closed port.
+        """
         with self._read_lock:
             if self._stdout.closed:
-                return  # fds are closed under this lock: never read a number reused since
+                return False  # fds are closed under this lock: never read a number reused since
             try:
                 data = os.read(self._stdout.fileno(), 65536)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except (OSError, ValueError):
                 data = b""
             with self._lock:
                 if self._eof:
-                    return
+                    return False
                 try:
                     if data:
                         self.bytes_in += len(data)
@@ -453,7 +456,7 @@ class Port:
                         frames = self._decoder.eof()
                 except FramingError as exc:
                     self._fail_locked(f"bad data from the subprocess: {exc}")
-                    return
+                    return False
                 if self._closed:
                     frames = []
                 elif deliver and self._active:
@@ -464,6 +467,7 @@ class Port:
                 self._pending.extend(frames)
         if not data:
             service().call_soon(self._after_eof)
+        return bool(data)
 
     def _after_eof(self) -> None:
         if self._watching:
@@ -536,12 +540,17 @@ class Port:
         try:
             status = self._popen.wait(0)
         except subprocess.TimeoutExpired:  # pidfd readable means exited; be safe anyway
-            service().call_later(0.05, self._on_child_exit)
-            service().watch(self._pidfd, self._on_child_exit)
+            service().call_later(0.01, self._on_child_exit)
             return
         with self._lock:
             self._status = status
             self._reaped = True
+            passive = not self._active
+        if passive:
+            # Nobody watches a passive port's stdout: read what the child left, up to its EOF,
+            # so that the exit is reported now rather than after close_timeout.
+            while self._read_stdout(deliver=False):
+                pass
 
         # A grandchild may hold stdout open: do not wait for an EOF that never comes.
         service().call_later(self._close_timeout, lambda: self._maybe_finish(force=True))
