@@ -179,6 +179,29 @@ def table(series: dict[str, list[float]], pin: bool) -> str:
     return "\n".join(lines)
 
 
+_FIGURES = {
+    "event": "kill -> restarted (pid from telemetry) vs spawn GenServer",
+    "which": "kill -> restarted (pid from which_children) vs spawn GenServer",
+    "dynamic": "kill -> restarted, DynamicSupervisor vs spawn GenServer",
+    "logged": "kill -> restarted, with a loguru sink vs spawn GenServer",
+}
+
+
+def run(quick: bool = False, pin: bool = True) -> list[Any]:
+    """The figures as `Result` rows (what ``threadotp bench`` prints), in microseconds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import Goal, Result
+
+    logger.remove()
+    series = measure(quick, pin)
+    base = statistics.median(series["spawn"]) * 1e6
+    return [
+        Result(figure, statistics.median(series[key]) * 1e6, base, "us",
+               Goal.ratio_at_most(2.0) if key != "logged" else None, "spawn GenServer + first call")
+        for key, figure in _FIGURES.items()
+    ]
+
+
 def main(argv: list[str]) -> None:
     logger.remove()  # every restart logs a supervisor report, whose cost is the sink's
     quick = "--quick" in argv
