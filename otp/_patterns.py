@@ -1,13 +1,13 @@
 """Receive patterns: a predicate, a type, a value, or a tuple template with `ANY` wildcards.
 
-Compiling a tuple template builds closures, which costs several times more than matching one
-message, and `receive` is called with the same literal templates over and over (each call of
+Compiling a pattern builds closures, which costs several times more than matching one message,
+and `receive` is called with the same literal patterns over and over (each call of
 ``receive(("reply", ANY))`` builds a fresh but equal tuple). So `receive` hands in its process's
-own small cache (touched only by the owner thread, so it needs no lock), keyed by the template.
-A hit counts only if every element is the very same object as in the cached template: equal is
-not enough, because ``(1,)`` and ``(1.0,)`` are equal tuples but different patterns (a value
-matches only values of its own type). Values, types and predicates compile to a closure (or to
-themselves) more cheaply than any lookup, so they are never cached.
+own small cache (touched only by the owner thread, so it needs no lock), keyed by the pattern.
+A hit counts only if the pattern, or for a template every element, is the very same object as
+the cached one: equal is not enough, because ``1`` and ``1.0``, or ``(1,)`` and ``(1.0,)``, are
+equal but different patterns (a value matches only values of its own type). Predicates are
+their own matchers and are never cached.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _always(msg: Any) -> bool:
 
 
 def compile_patterns(
-    patterns: tuple[Any, ...], cache: dict[Any, tuple[tuple[Any, ...], Matcher]] | None = None
+    patterns: tuple[Any, ...], cache: dict[Any, tuple[Any, Matcher]] | None = None
 ) -> Matcher | None:
     """Turn `receive`'s patterns into one predicate; None means "any message".
 
@@ -57,19 +57,23 @@ def compile_patterns(
     return match_any
 
 
-def _one(pattern: Any, cache: dict[Any, tuple[tuple[Any, ...], Matcher]] | None) -> Matcher:
+def _one(pattern: Any, cache: dict[Any, tuple[Any, Matcher]] | None) -> Matcher:
     cls = pattern.__class__
     if cls is FunctionType or cls is MethodType:
         return pattern  # type: ignore[no-any-return]  # a predicate is its own matcher
-    if cls is not tuple or cache is None:
+    if cache is None:
         return compile_pattern(pattern)
     try:
         hit = cache.get(pattern)
-    except TypeError:  # an unhashable element: compile_pattern names the problem
+    except TypeError:  # unhashable: compile_pattern names the problem (or takes a callable)
         return compile_pattern(pattern)
-    if hit is not None and all(map(is_, hit[0], pattern)):
-        return hit[1]
-    matcher = _template(pattern)
+    if hit is not None:
+        kept = hit[0]
+        if kept is pattern or (
+            cls is tuple and kept.__class__ is tuple and all(map(is_, kept, pattern))
+        ):
+            return hit[1]
+    matcher = compile_pattern(pattern)
     if len(cache) >= CACHE_SIZE:
         cache.clear()
     cache[pattern] = (pattern, matcher)
