@@ -197,7 +197,7 @@ class Port:
         # Non-blocking, so the loop thread and a passive owner can never block on an empty pipe.
         os.set_blocking(self._stdout.fileno(), False)
         self._pidfd = os.pidfd_open(popen.pid)
-        if not otp.add_death_hook(owner, self._owner_died):
+        if not otp.add_death_hook(owner, self._death_hook):
             self.close()
             raise PortError("port owner died while the port was opening", port=self.name, os_pid=self.os_pid)
         io = service()
@@ -231,6 +231,9 @@ class Port:
         # passive owner both read. Ranks above _lock.
         self._read_lock = threading.Lock()
         self._in_recv = False  # the owner is blocked in a passive recv
+        # One bound method for every add/remove: no allocation per connect, and the hook
+        # lists find it by identity.
+        self._death_hook = self._owner_died
         self._finishing = False
         self._stderr_eof = False
         self._owner: otp.Pid
@@ -259,7 +262,7 @@ class Port:
         Raises `FrameTooLarge` (a `ValueError`) for data beyond the packet size, and
         `PortClosed` if the port is closed or the subprocess is gone.
         """
-        frame = self._encode(bytes(data))
+        frame = self._encode(data if data.__class__ is bytes else bytes(data))
         with self._lock:
             closed = self._closed
             if not closed:
@@ -267,7 +270,10 @@ class Port:
         if closed:
             raise self._error(PortClosed, "command on a closed port")
         try:
-            _write_all(self._stdin.fileno(), frame)
+            fd = self._stdin.fileno()
+            written = os.write(fd, frame)  # a small frame fits the pipe in one write
+            if written != len(frame):
+                _write_all(fd, frame[written:])
         except (BrokenPipeError, ValueError, OSError) as exc:
             raise self._error(PortClosed, f"the subprocess is gone ({exc.__class__.__name__})") from None
 
@@ -282,10 +288,10 @@ class Port:
                 return
             # The death hook moves with ownership in one step: whichever of the two owners dies,
             # the port is closed exactly when its *current* owner is dead.
-            elif not otp.add_death_hook(pid, self._owner_died):
+            elif not otp.add_death_hook(pid, self._death_hook):
                 problem = (PortError, f"connect: process {pid!r} is dead; the port stays with {old!r}")
             else:
-                otp.remove_death_hook(old, self._owner_died)
+                otp.remove_death_hook(old, self._death_hook)
                 self._owner = pid
         if problem is not None:
             raise self._error(*problem)
@@ -313,27 +319,39 @@ class Port:
         waiting (checked every 0.1 s).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            self._in_recv = True
         try:
             return self._recv_loop(deadline, timeout)
-        finally:
+        except BaseException:
             with self._lock:
                 self._in_recv = False
+            raise
 
     def _recv_loop(self, deadline: float | None, timeout: float | None) -> bytes:
+        # `_in_recv` is set and cleared in the same critical sections that look for a frame
+        # (one lock round per look, not three): it is True exactly while we may block.
         poller: select.poll | None = None
+        lock = self._lock
+        read_first = True
         while True:
-            with self._lock:
+            with lock:
                 if self._active:
                     raise PortError("recv on an active port: call set_active(False) first", port=self.name)
                 if self._pending:
+                    self._in_recv = False
                     return self._pending.popleft()
                 if self._failure is not None:
                     raise self._failure
                 if self._eof or self._closed:
+                    self._in_recv = True  # cleared when the PortClosed below is raised
                     break
+                self._in_recv = True
             otp.self()  # raises in a process that was killed meanwhile
+            if read_first:
+                # The reply is often in the pipe already (the worker ran while we wrote): one
+                # non-blocking read then spares setting up and making a poll.
+                read_first = False
+                if self._read_stdout(deliver=False):
+                    continue
             left = _RECV_SLICE if deadline is None else min(_RECV_SLICE, deadline - time.monotonic())
             if left <= 0:
                 raise self._error(PortTimeout, f"no frame within {timeout} s")
@@ -358,7 +376,7 @@ class Port:
                 return
             self._closed = True
             owner = self._owner
-        otp.remove_death_hook(owner, self._owner_died)
+        otp.remove_death_hook(owner, self._death_hook)
         try:
             self._stdin.close()
         except OSError:
@@ -577,7 +595,7 @@ class Port:
             owner, status = self._owner, self._status
         if report:
             otp.post(owner, PortExit(self, status))
-        otp.remove_death_hook(owner, self._owner_died)
+        otp.remove_death_hook(owner, self._death_hook)
         io = service()
         for stream in (self._stdout, self._stderr):
             if stream is not None and not stream.closed:

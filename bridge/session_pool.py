@@ -59,7 +59,8 @@ from otp.dynamic_supervisor import DynamicSupervisor
 from otp.supervisor import Supervisor
 
 __all__ = [
-    "BridgeError", "CallTimeout", "CircuitOpen", "SessionLost", "SessionPool", "SessionPoolStats",
+    "BridgeError", "CallTimeout", "CircuitOpen", "PoolUnavailable", "SessionLost", "SessionPool", "SessionPoolStartError",
+    "SessionPoolStats",
     "WorkerCrashed", "WorkerError",
 ]
 
@@ -78,6 +79,23 @@ class SessionLost(BridgeError):
         self.session_id = session_id
         self.worker_id = worker_id
         self.reason = reason
+
+
+class PoolUnavailable(BridgeError):
+    """The pool is not running: its tree is restarting, or the SessionPool has stopped."""
+
+    def __init__(self, name: Any, reason: Any) -> None:
+        super().__init__(f"session pool {name!r} is not available ({_short(reason)}); retry once its tree has restarted")
+        self.name = name
+        self.reason = reason
+
+
+def _pool_gone(reason: Any) -> bool:
+    """A checkout's exit caused by the pool (``(why, ("checkout", pool))``), not by the caller."""
+    return (
+        isinstance(reason, tuple) and len(reason) == 2 and isinstance(reason[1], tuple)
+        and len(reason[1]) >= 1 and reason[1][0] == "checkout"
+    )
 
 
 class CallTimeout(BridgeError, TimeoutError):
@@ -100,6 +118,49 @@ class WorkerCrashed(BridgeError):
         self.worker_id = worker_id
         self.status = cause.status
         self.stderr_tail = cause.stderr_tail
+
+
+class SessionPoolStartError(otp.StartError):
+    """The SessionPool did not start. `reason` is the supervisor's reason term, unchanged; the
+    message leads with what went wrong in words and ends with the last worker error, whose
+    stderr tail (say, the traceback of a failed import) is printed as the lines it was."""
+
+    def __init__(self, config: SessionPoolConfig, reason: Any) -> None:
+        super().__init__(reason)
+        self.name = config.name
+        self.text = _start_failure_text(config, reason)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _start_failure_text(config: SessionPoolConfig, reason: Any) -> str:
+    head = f"session pool {config.name!r} did not start"
+    detail: Any = reason
+    match reason:
+        case ("failed_to_start_child", "pool", ("min_ready_timeout", ready, want, last)):
+            head += f": {ready} of {want} workers ready within {config.start_timeout} s"
+            if last is None:
+                return head
+            detail = last
+        case ("failed_to_start_child", child, why):
+            head += f": its child {child!r} failed to start"
+            detail = why
+    if isinstance(detail, BaseException):
+        return f"{head}; the last worker error:\n{detail}"
+    return f"{head}: {detail!r}"
+
+
+_monotonic = time.monotonic
+_EV_CALL_START = ("threadotp", "session_pool", "call", "start")
+_EV_CALL_STOP = ("threadotp", "session_pool", "call", "stop")
+# otp.telemetry's handler table (a dict updated in place under its lock; reading one key
+# without the lock is safe). Skipping an event nobody listens to saves building it per call.
+_TELEMETRY_HANDLERS: dict[Any, Any] | None = getattr(telemetry, "_by_event", None)
+
+
+def _listening(event: tuple[str, ...]) -> bool:
+    return _TELEMETRY_HANDLERS is None or event in _TELEMETRY_HANDLERS
 
 
 def _short(reason: Any) -> str:
@@ -165,6 +226,12 @@ class _Sessions:
                 if home == worker_id:
                     self._home[sid] = _Lost(worker_id, reason)
 
+    def lose_all(self, reason: Any) -> None:
+        with self._lock:
+            for sid, home in self._home.items():
+                if isinstance(home, str):
+                    self._home[sid] = _Lost(home, reason)
+
     def count(self) -> int:
         with self._lock:
             return sum(1 for h in self._home.values() if isinstance(h, str))
@@ -184,6 +251,13 @@ class _Metrics:
         self._latencies: deque[float] = deque(maxlen=keep)
 
     _COUNTERS = {"ok": "ok", "handler_error": "handler_errors", "worker_failure": "worker_failures", "refused": "refused"}
+
+    def record_ok(self, duration: float) -> None:
+        """`record("ok", duration)`, the hot path's outcome, without the name lookups."""
+        with self._lock:
+            self.calls += 1
+            self.ok += 1
+            self._latencies.append(duration)
 
     def record(self, outcome: str, duration: float | None = None) -> None:
         counter = self._COUNTERS[outcome]
@@ -218,6 +292,7 @@ class _PoolState:
     workers_sup: Any
     numbers: Any = attrs.field(factory=lambda: itertools.count(1))
     failures: deque[float] = attrs.field(factory=deque)
+    giving_up: bool = False  # this pool has asked to be stopped (restart intensity)
 
 
 @attrs.frozen
@@ -236,6 +311,14 @@ class _SessionWorker(pool.PoolWorker):
     """Worker state: a `WorkerHandle`. Client state: the same handle."""
 
     def init_pool(self, init_arg: _PoolState) -> Any:
+        # The state outlives a restart of the tree. A fresh pool starts, as a restarted
+        # supervisor does, with an empty failure window (else one failure would restart the tree
+        # again at once), and no session may stay homed on a worker of the old pool (a worker
+        # checked out when the old pool stopped never reached terminate_worker: its sessions
+        # would wait for it for ever).
+        init_arg.failures.clear()
+        init_arg.giving_up = False
+        init_arg.sessions.lose_all("the session pool was restarted")
         return ("ok", init_arg)
 
     def init_worker(self, ps: _PoolState) -> Any:
@@ -273,8 +356,12 @@ class _SessionWorker(pool.PoolWorker):
 
     def handle_enqueue(self, command: Any, ps: _PoolState) -> Any:
         match command:
-            case "anonymous" | ("session", _):
+            case "anonymous":
                 return ("ok", command, ps)
+            case ("session", session_id) if _hashable(session_id):
+                return ("ok", command, ps)
+        # Refused here, in the caller: an unhashable session id reaching handle_checkout would
+        # raise there, and the pool would remove (and replace) one worker after another.
         raise pool.UnknownCommand(command, ACCEPTED)
 
     def handle_checkout(self, command: Any, from_: Any, handle: WorkerHandle, ps: _PoolState) -> Any:
@@ -315,14 +402,49 @@ class _SessionWorker(pool.PoolWorker):
         otp.exit(handle.actor, "shutdown")
         if _is_failure(reason):
             ps.metrics.restarted()
-            if _over_intensity(ps):
+            if _over_intensity(ps) and not ps.giving_up:
+                ps.giving_up = True
                 cfg = ps.config
                 logger.error(
                     "session pool {name}: more than {n} worker failures in {s} s; restarting the pool",
                     name=cfg.name, n=cfg.max_restarts, s=cfg.max_seconds,
                 )
-                otp.exit(self.pool, ("shutdown", "worker_restart_intensity"))
+                _stop_soon(self.pool, ("shutdown", "worker_restart_intensity"))
         return ("ok", ps)
+
+
+def _stop_soon(pool_pid: otp.Pid, reason: Any) -> None:
+    """Stop the pool with `reason` without waiting for it.
+
+    Not ``otp.exit(pool_pid, reason)``: the pool traps exits, so that signal would only reach it
+    as an ``Exit`` message, which it offers to its workers' ``handle_info`` and otherwise ignores.
+    Not ``pool.stop`` here either: this runs in a pool callback (in the pool process, or in a
+    client thread holding the pool's lock), and stop waits for the pool to exit. A short-lived
+    process makes the request and waits instead.
+    """
+
+    def stopper() -> None:
+        try:
+            pool.stop(pool_pid, reason, None)
+        except otp.ProcessExit:
+            pass  # the pool went down for another reason meanwhile: nothing left to do
+
+    otp.spawn(stopper)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_session_id(session_id: Any) -> None:
+    # What the worker protocol carries (bridge.worker refuses anything else, but only after a
+    # worker was checked out and the session assigned to it).
+    if session_id.__class__ is not str and (session_id.__class__ is not int):
+        raise TypeError(f"session_id must be a str or an int, got {session_id!r}")
 
 
 def _is_failure(reason: Any) -> bool:
@@ -371,6 +493,7 @@ class SessionPool:
         self.supervisor = supervisor
         self._shared = shared
         self._pool = pool.Pool((config.name, "pool"))
+        self._pool_by_pid: pool.Pool | None = None  # see _pool_now
         self._breaker = CircuitBreaker(config.circuit_failures, config.circuit_reset)
 
     # -- starting -----------------------------------------------------------------------------
@@ -411,7 +534,10 @@ class SessionPool:
             ),
         ]
         starter = Supervisor.start_link if link else Supervisor.start
-        sup = starter(children, strategy="one_for_all", max_restarts=3, max_seconds=30, name=name)
+        try:
+            sup = starter(children, strategy="one_for_all", max_restarts=3, max_seconds=30, name=name)
+        except otp.StartError as exc:
+            raise SessionPoolStartError(config, exc.reason) from None
         return cls(config, sup, shared)
 
     @staticmethod
@@ -437,10 +563,13 @@ class SessionPool:
     def execute_in_session(self, session_id: Any, command: str, args: Any = None, timeout: float | None = None) -> Any:
         """Run `command` on the worker that holds `session_id`'s state (assigned on first use).
 
-        Raises `SessionLost` if that worker died, and everything `execute_anonymous` raises.
+        `session_id` is a str or an int (what the worker protocol carries; anything else is a
+        `TypeError` here, before any worker is involved). Raises `SessionLost` if that worker
+        died, and everything `execute_anonymous` raises.
         """
         if session_id is None:
             raise ValueError("execute_in_session needs a session_id")
+        _check_session_id(session_id)
         return self._execute(("session", session_id), session_id, command, args, timeout)
 
     def _execute(self, checkout_cmd: Any, session_id: Any, command: str, args: Any, timeout: float | None) -> Any:
@@ -454,12 +583,13 @@ class SessionPool:
         except CircuitOpen:
             metrics.record("refused")
             raise
-        started = time.monotonic()
-        telemetry.execute(["threadotp", "session_pool", "call", "start"], {"monotonic_time": started}, meta)
+        started = _monotonic()
+        if _listening(_EV_CALL_START):
+            telemetry.execute(_EV_CALL_START, {"monotonic_time": started}, meta)
         box: dict[str, float] = {}
 
         def run(from_: Any, handle: WorkerHandle) -> tuple[Any, Any]:
-            box["granted"] = time.monotonic()
+            box["granted"] = _monotonic()
             meta["worker_id"] = handle.worker_id
             try:
                 return (("ok", handle.call(command, args, session_id, timeout)), "ok")
@@ -471,14 +601,38 @@ class SessionPool:
                 return (("worker_failure", WorkerCrashed(command, handle.worker_id, exc)), "broken")
 
         try:
-            outcome, value = self._pool.checkout(checkout_cmd, run, timeout=self.config.checkout_timeout)
+            outcome, value = self._pool_now().checkout(checkout_cmd, run, timeout=self.config.checkout_timeout)
+        except otp.ProcessExit as exc:
+            if not _pool_gone(exc.reason):
+                raise  # this caller's own exit, not the pool's: let it travel
+            error = PoolUnavailable(self.name, exc.reason[0])
+            self._finish(meta, started, box, "refused", error)
+            raise error from None
         except BaseException as exc:
             self._finish(meta, started, box, "refused", exc)
             raise
+        if outcome == "ok" and not _listening(_EV_CALL_STOP):
+            # `_finish` for a success nobody listens to: the same bookkeeping, fewer steps.
+            self._breaker.success(command)
+            metrics.record_ok(_monotonic() - started)
+            return value
         self._finish(meta, started, box, outcome, value if outcome != "ok" else None)
         if outcome == "ok":
             return value
         raise value
+
+    def _pool_now(self) -> pool.Pool:
+        """A handle on the running pool by its pid, which caches the pool's state (no name
+        lookup per call); resolved by name again once that pool has died (a restarted tree
+        registers a new one). With nothing registered, the by-name handle raises as usual."""
+        by_pid = self._pool_by_pid
+        if by_pid is not None and otp.is_alive(by_pid.target):
+            return by_pid
+        pid = otp.whereis(self._pool.target)
+        if pid is None:
+            return self._pool
+        self._pool_by_pid = by_pid = pool.Pool(pid)
+        return by_pid
 
     def _finish(self, meta: dict[str, Any], started: float, box: dict[str, float], outcome: str, error: BaseException | None) -> None:
         duration = time.monotonic() - started
@@ -487,7 +641,7 @@ class SessionPool:
         command = meta["command"]
         if outcome == "ok":
             self._breaker.success(command)
-            telemetry.execute(["threadotp", "session_pool", "call", "stop"], measurements, meta)
+            telemetry.execute(_EV_CALL_STOP, measurements, meta)
         else:
             if outcome != "refused" or isinstance(error, CallTimeout):
                 self._breaker.failure(command)

@@ -127,8 +127,14 @@ class WorkerHandle:
             # The actor died while we held the port: the worker cannot go back to the pool.
             self.broken = self.broken or exc
             self.port.close()
-        # If the subprocess died between connect and recv, its PortExit came to us: drop it.
         if not self.port.alive:
+            # The subprocess died during or right after the call. Its PortExit may have come to
+            # us (drop it) rather than to the actor, so the actor may never learn of it: mark
+            # the worker broken here, and the pool replaces it at checkin.
+            self.broken = self.broken or PortClosed(
+                f"worker {self.worker_id} exited", port=self.port.name, os_pid=self.port.os_pid,
+                status=self.port.info().status, stderr_tail=self.port.stderr_tail,
+            )
             otp.receive(lambda m: m.__class__ is PortExit and m.port is self.port, timeout=0)
 
 
