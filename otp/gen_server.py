@@ -42,14 +42,13 @@ from typing import Any, ClassVar
 
 from loguru import logger
 
-from otp._api import demonitor_process, spawn_opt, unlink
-from otp._errors import AlreadyRegistered, BadReturn, ProcessExit, StartError
+from otp import proc_lib
+from otp._api import demonitor_process
+from otp._errors import BadReturn, ProcessExit
 from otp._process import STRUCTURE, Process, current, is_normal_exit
 from otp._terms import TIMEOUT, Down, Exit, Pid, Ref, make_ref
 
 __all__ = ["From", "GenServer", "call", "cast", "reply", "start", "start_link", "stop"]
-
-IGNORE = "ignore"
 
 
 class From:
@@ -106,14 +105,6 @@ class _Stop:
 
     def __init__(self, reason: Any) -> None:
         self.reason = reason
-
-
-class _Ack:
-    __slots__ = ("ref", "result")
-
-    def __init__(self, ref: Ref, result: Any) -> None:
-        self.ref = ref
-        self.result = result
 
 
 class GenServer:
@@ -198,55 +189,13 @@ def start(
 
 
 def _start(cls: type[GenServer], arg: Any, *, name: Any, link: bool, timeout: float | None) -> Any:
+    """proc_lib's synchronous start, with `_server_main` as the child."""
     if not (isinstance(cls, type) and issubclass(cls, GenServer)):
         raise TypeError(f"expected a GenServer subclass, got {cls!r}")
-    me = current()
-    # The answer comes through an alias, so that one sent just as we gave up is dropped.
-    ack_ref = make_ref()
-    with me._lock:
-        me.aliases.add(ack_ref)
-    try:
-        pid, mon = spawn_opt(
-            _server_main, cls, arg, me.pid if link else None, From(me.pid, ack_ref),
-            link=link, monitor=True, name=name,
-        )
-        assert mon is not None
-
-        def is_ack(m: Any) -> bool:
-            kind = m.__class__
-            return (kind is _Ack and m.ref == ack_ref) or (kind is Down and m.ref == mon)
-
-        msg = me.receive(is_ack, timeout, label=("start", cls))
-    except AlreadyRegistered as exc:
-        raise StartError(("already_started", exc.pid)) from None
-    finally:
-        with me._lock:
-            me.aliases.discard(ack_ref)
-    if msg is TIMEOUT:
-        # OTP's kill_flush_EXIT: unlink first, so that the kill does not come back to us.
-        unlink(pid)
-        me.node.signal(pid, me.pid, "kill")
-        demonitor_process(me, mon, flush=True)  # the kill is synchronous: its Down is queued
-        _flush_exit(me, pid)
-        raise StartError(("timeout", cls.__name__, timeout))
-    if msg.__class__ is Down:  # killed before it could answer
-        _flush_exit(me, pid)
-        raise StartError(msg.reason)
-    status, value = msg.result
-    if status == "ok":
-        demonitor_process(me, mon, flush=True)
-        return pid
-    # The server unlinked itself and freed its name before answering. As OTP 26 does, return
-    # only once it has exited, so that the caller never sees the failed server still alive.
-    me.receive(lambda m: m.__class__ is Down and m.ref == mon, None, label=("start", cls))
-    if status == "ignore":
-        return IGNORE
-    raise StartError(value)
-
-
-def _flush_exit(me: Process, pid: Pid) -> None:
-    """Remove an `Exit` from `pid` that a trapping caller may have got (OTP's flush_EXIT)."""
-    me.flush_matching(lambda m: m.__class__ is Exit and m.pid == pid)
+    return proc_lib.start(
+        _server_main, cls, arg, link=link, name=name, timeout=timeout,
+        what=cls.__name__, label=("start", cls),
+    )
 
 
 # -- the client API ----------------------------------------------------------------------------
@@ -386,7 +335,7 @@ class _Stopping(Exception):
         self.state = state
 
 
-def _server_main(cls: type[GenServer], arg: Any, parent: Pid | None, starter: From) -> None:
+def _server_main(starter: proc_lib.Starter, cls: type[GenServer], arg: Any) -> None:
     me = current()
     server: Any = cls  # reported by its class if the constructor itself fails
     try:
@@ -394,40 +343,24 @@ def _server_main(cls: type[GenServer], arg: Any, parent: Pid | None, starter: Fr
         result = server.init(arg)
         state, extra = _check_init(result)
     except _Stopping as stopping:
-        _fail_start(me, parent, starter, ("error", stopping.reason))
-        raise ProcessExit(stopping.reason) from None
+        starter.fail(stopping.reason)
     except _Ignored:
-        _fail_start(me, parent, starter, ("ignore", None))
-        raise ProcessExit("normal") from None
+        starter.ignore()
     except ProcessExit as exc:
         if me.dead:  # an exit signal killed us during init: nothing left to tell
             raise
         # init called exit(reason) (or a call it made exited): as OTP's init_it, that is a
         # start failure returned to the caller, not an exit signal that kills it.
-        _fail_start(me, parent, starter, ("error", exc.reason))
-        raise ProcessExit(exc.reason) from None
+        starter.fail(exc.reason)
     except Exception as exc:  # noqa: BLE001 - init failure goes back to the starter
         _report(server, me, "init", exc, traceback.format_exc(), None)
-        _fail_start(me, parent, starter, ("error", exc))
-        raise ProcessExit(exc) from None
-    starter.pid._proc.deliver_reply(starter.ref, _Ack(starter.ref, ("ok", None)))
-    _loop(server, me, parent, state, extra)
+        starter.fail(exc)
+    starter.ack()
+    _loop(server, me, starter.parent, state, extra)
 
 
 class _Ignored(Exception):
     pass
-
-
-def _fail_start(me: Process, parent: Pid | None, starter: From, result: tuple[str, Any]) -> None:
-    # Unregister the name and unlink before telling the starter, or an immediate retry gets
-    # already_started and the starter is killed by our exit instead of getting the error.
-    with STRUCTURE:
-        if me.name is not None:
-            me.node.names.pop(me.name, None)
-            me.name = None
-    if parent is not None:
-        unlink(parent)
-    starter.pid._proc.deliver_reply(starter.ref, _Ack(starter.ref, result))
 
 
 def _check_init(result: Any) -> tuple[Any, Any]:

@@ -31,12 +31,10 @@ from otp import (
     Pid,
     ProcessExit,
     Ref,
-    StartError,
     add_death_hook,
     is_normal_exit,
     make_ref,
-    spawn_opt,
-    unlink,
+    proc_lib,
 )
 from otp._api import demonitor_process
 from otp._process import STRUCTURE, Process, current
@@ -55,6 +53,7 @@ from pool._worker import PoolWorker, overrides
 __all__ = ["ManualClock", "child_spec", "start", "start_link", "stop"]
 
 _monotonic = time.monotonic
+_START_GRACE = 2.0  # seconds the starter waits beyond start_timeout; see `_start`
 
 # -- the registry from pool pid to its core ---------------------------------------------------
 
@@ -107,15 +106,6 @@ class TickAck:
 
     def __init__(self, ref: Ref) -> None:
         self.ref = ref
-
-
-class _Ack:
-    __slots__ = ("ref", "status", "value")
-
-    def __init__(self, ref: Ref, status: str, value: Any) -> None:
-        self.ref = ref
-        self.status = status
-        self.value = value
 
 
 class _StartFailed(Exception):
@@ -357,6 +347,12 @@ def start_link(
     the pool unless it traps exits - a script that wants to survive ``stop(pool, "shutdown")``
     should use `start`.
 
+    The start is `otp.proc_lib.start`'s: when it fails (`otp.StartError`, or ``"ignore"``), the
+    pool has exited and its name is free by the time this returns, and a failed pool neither kills
+    a linked caller nor leaves an `Exit` in a trapping caller's mailbox. A pool that has not
+    answered `start_timeout` + 2 seconds after the start is killed: ``StartError(("timeout",
+    worker name, start_timeout))``.
+
     >>> import pool
     >>> class Echo(pool.PoolWorker):
     ...     def init_worker(self, pool_state):
@@ -394,41 +390,21 @@ def start(
 def _start(
     worker: type[PoolWorker], init_arg: Any, cfg: Config, *, link: bool
 ) -> Pid | Literal["ignore"]:
-    me = current()
-    ack = make_ref()
-    pid, mon = spawn_opt(
+    """proc_lib's synchronous start, with `_pool_main` as the child (trapping exits)."""
+    # The pool bounds its own start by start_timeout and reports the failure itself; the grace
+    # covers its clean-up (terminating the workers it started) before we give up and kill it.
+    return proc_lib.start(
         _pool_main,
         worker,
         init_arg,
         cfg,
-        me.pid if link else None,
-        me.pid,
-        ack,
         link=link,
-        monitor=True,
+        timeout=cfg.start_timeout,
+        grace=_START_GRACE,
+        what=worker.__qualname__,
+        label=f"start pool {worker.__qualname__}",
         trap_exit=True,
     )
-    assert mon is not None
-
-    def is_ack(m: Any) -> bool:
-        return (m.__class__ is _Ack and m.ref is ack) or (m.__class__ is Down and m.ref is mon)
-
-    # The pool bounds its own start by start_timeout and reports; the grace covers its clean-up.
-    msg = me.receive(is_ack, cfg.start_timeout + 2.0, label=f"start pool {worker.__qualname__}")
-    if msg is TIMEOUT:
-        if link:
-            unlink(pid)
-        me.node.signal(pid, me.pid, "kill")
-        demonitor_process(me, mon, True)
-        raise StartError(("timeout", worker.__qualname__, cfg.start_timeout))
-    if msg.__class__ is Down:
-        raise StartError(msg.reason)
-    demonitor_process(me, mon, True)
-    if msg.status == "ok":
-        return pid
-    if msg.status == "ignore":
-        return "ignore"
-    raise StartError(msg.value)
 
 
 def child_spec(
@@ -516,16 +492,16 @@ def resolve_pid(pool: Any) -> Pid | None:
 
 
 def _pool_main(
-    cls: type[PoolWorker], init_arg: Any, cfg: Config, parent: Pid | None, starter: Pid, ack: Ref
+    starter: proc_lib.Starter, cls: type[PoolWorker], init_arg: Any, cfg: Config
 ) -> None:
     me = current()
+    parent = starter.parent
     try:
         worker = cls()
         worker.pool = me.pid
         core = Core(worker, cfg, me)
     except Exception as exc:  # noqa: BLE001 - the starter gets it
-        _fail_start(me, parent, starter, ack, "error", exc)
-        raise ProcessExit(exc) from None
+        starter.fail(exc)
     with _cores_lock:
         _cores[me.pid] = core
     add_death_hook(me.pid, _forget)
@@ -534,29 +510,13 @@ def _pool_main(
     try:
         _setup(core, me, parent, init_arg)
     except _Ignored:
-        _fail_start(me, parent, starter, ack, "ignore", None)
-        raise ProcessExit("normal") from None
+        starter.ignore()
     except _StartFailed as failed:
-        _fail_start(me, parent, starter, ack, "error", failed.reason)
-        raise ProcessExit(failed.reason) from None
-    starter._proc.deliver(_Ack(ack, "ok", None))
+        starter.fail(failed.reason)
+    starter.ack()
     reason = _run(core, me, parent)
     _teardown(core, reason)
     raise ProcessExit(reason)
-
-
-def _fail_start(
-    me: Process, parent: Pid | None, starter: Pid, ack: Ref, status: str, reason: Any
-) -> None:
-    # Free the name and unlink before telling the starter, or an immediate retry gets
-    # already_started and the starter is killed by our exit instead of getting the error.
-    with STRUCTURE:
-        if me.name is not None:
-            me.node.names.pop(me.name, None)
-            me.name = None
-    if parent is not None:
-        unlink(parent)
-    starter._proc.deliver(_Ack(ack, status, reason))
 
 
 def _setup(core: Core, me: Process, parent: Pid | None, init_arg: Any) -> None:
