@@ -18,16 +18,15 @@ Run: ``python benchmarks/bench_codec.py`` (about 10 s).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
 import timeit
-from collections.abc import Iterator
 from typing import Any
 
+from _common import pinned_to_one_cpu
 from raw_pipe import ROOT, RawWorker, echo_round_trips, time_to_first_ping
 
 from bridge.codec import available_codecs, get_codec
@@ -72,20 +71,6 @@ def import_ms(module: str) -> float:
         for _ in range(IMPORT_RUNS)
     ]
     return statistics.median(runs) * 1e3
-
-
-@contextlib.contextmanager
-def pinned_to_one_cpu(pin: bool) -> Iterator[None]:
-    """Run the block on a single CPU; children spawned inside inherit the affinity."""
-    if not pin or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(previous)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, previous)
 
 
 def pipe_echo_us(name: str, pin: bool) -> Echo:

@@ -28,7 +28,6 @@ Run: ``python benchmarks/bench_supervisor.py [--quick] [--unpinned]`` (about 5 s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import sys
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import pinned_to_one_cpu  # noqa: E402
 if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without an install
     sys.path.insert(0, str(ROOT))
 
@@ -109,19 +110,6 @@ def logged(body: Callable[[], list[float]]) -> list[float]:
         logger.remove(sink)
 
 
-@contextlib.contextmanager
-def pinned(pin: bool) -> Iterator[None]:
-    if not pin or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(previous)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, previous)
-
-
 def measure(quick: bool, pin: bool) -> dict[str, list[float]]:
     rounds, batch = (10, 20) if quick else (30, 40)
     spec = {"id": "echo", "start": (Echo.start_link, ()), "shutdown": "brutal_kill"}
@@ -138,7 +126,7 @@ def measure(quick: bool, pin: bool) -> dict[str, list[float]]:
     }
     series: dict[str, list[float]] = {name: [] for name in measures}
     try:
-        with pinned(pin):
+        with pinned_to_one_cpu(pin):
             for fn in measures.values():  # warm-up
                 fn()
             names = list(measures)
@@ -189,7 +177,6 @@ _FIGURES = {
 
 def run(quick: bool = False, pin: bool = True) -> list[Any]:
     """The figures as `Result` rows (what ``threadotp bench`` prints), in microseconds."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import Goal, Result
 
     logger.remove()
