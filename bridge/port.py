@@ -36,7 +36,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -649,8 +648,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def python_argv(*args: str) -> list[str]:
-    """``[sys.executable, *args]``: workers run on this interpreter, never `python3` from PATH."""
-    return [sys.executable, *args]

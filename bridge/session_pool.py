@@ -154,13 +154,8 @@ def _start_failure_text(config: SessionPoolConfig, reason: Any) -> str:
 _monotonic = time.monotonic
 _EV_CALL_START = ("threadotp", "session_pool", "call", "start")
 _EV_CALL_STOP = ("threadotp", "session_pool", "call", "stop")
-# otp.telemetry's handler table (a dict updated in place under its lock; reading one key
-# without the lock is safe). Skipping an event nobody listens to saves building it per call.
-_TELEMETRY_HANDLERS: dict[Any, Any] | None = getattr(telemetry, "_by_event", None)
-
-
-def _listening(event: tuple[str, ...]) -> bool:
-    return _TELEMETRY_HANDLERS is None or event in _TELEMETRY_HANDLERS
+# Skipping an event nobody listens to saves building it on every call.
+_listening = telemetry.listening
 
 
 def _short(reason: Any) -> str:
@@ -539,16 +534,6 @@ class SessionPool:
         except otp.StartError as exc:
             raise SessionPoolStartError(config, exc.reason) from None
         return cls(config, sup, shared)
-
-    @staticmethod
-    def spec(name: Any, pool_size: int = 4, handlers: Sequence[str] = ("bridge.examples",), **options: Any) -> dict[str, Any]:
-        """A child spec that runs a SessionPool under your own supervisor; address it later
-        with ``SessionPool.attach(name)``."""
-
-        def start() -> otp.Pid:
-            return SessionPool.start_link(name, pool_size, handlers, **options).supervisor
-
-        return {"id": ("session_pool", name), "start": (start, ()), "type": "supervisor", "shutdown": "infinity"}
 
     # -- calls ---------------------------------------------------------------------------------
 

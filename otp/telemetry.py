@@ -23,7 +23,7 @@ from loguru import logger
 from otp._errors import ProcessExit
 from otp._process import _local
 
-__all__ = ["attach", "attach_many", "detach", "execute", "list_handlers", "span"]
+__all__ = ["attach", "attach_many", "detach", "execute", "list_handlers", "listening", "span"]
 
 Handler = Callable[[tuple[str, ...], dict[str, Any], dict[str, Any], Any], None]
 
@@ -82,6 +82,18 @@ def list_handlers(prefix: Sequence[str] = ()) -> list[tuple[str, tuple[str, ...]
     p = tuple(prefix)
     with _lock:
         return [(hid, key) for key, hs in _by_event.items() if key[: len(p)] == p for hid, _, _ in hs]
+
+
+def listening(event: Sequence[str]) -> bool:
+    """True if a handler is attached to `event`: a hot path may skip building an event no one
+    would receive.
+
+    >>> listening(["nobody", "listens"])
+    False
+    """
+    key = event if event.__class__ is tuple else tuple(event)
+    with _lock:
+        return key in _by_event
 
 
 def execute(event: Sequence[str], measurements: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
