@@ -84,16 +84,17 @@ def list_handlers(prefix: Sequence[str] = ()) -> list[tuple[str, tuple[str, ...]
         return [(hid, key) for key, hs in _by_event.items() if key[: len(p)] == p for hid, _, _ in hs]
 
 
-def listening(event: Sequence[str]) -> bool:
-    """True if a handler is attached to `event`: a hot path may skip building an event no one
-    would receive.
+def listening(*events: Sequence[str]) -> bool:
+    """True if a handler is attached to any of `events`: a hot path may skip building events
+    no one would receive.
 
-    >>> listening(["nobody", "listens"])
+    >>> listening(["nobody", "listens"], ["nor", "here"])
     False
     """
-    key = event if event.__class__ is tuple else tuple(event)
     with _lock:
-        return key in _by_event
+        if not _by_event:
+            return False
+        return any((e if e.__class__ is tuple else tuple(e)) in _by_event for e in events)
 
 
 def execute(event: Sequence[str], measurements: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:

@@ -32,6 +32,7 @@ from pool._core import (
     GRANTED,
     QUEUED,
     REFUSED,
+    RUNNING,
     SKIP,
     SKIPPED,
     Core,
@@ -158,32 +159,35 @@ def _acquire(core: Core, me: Process, command: Any, timeout: float | None) -> Re
     """Steps 1-2: return a GRANTED request, or raise the reason there is none."""
     deadline = _INF if timeout is None else _monotonic() + timeout
     req = Request(make_ref(), me, command, deadline, core.pid)
-    shielded = _shield(me)
+    shielded = False if me.adopted else _shield(me)
     try:
         lock = core.lock
         # Callbacks hold the lock only briefly; a caller is not refused (even with timeout=0,
         # which means "do not queue") because another thread is in it for a microsecond.
-        if not lock.acquire(True, -1 if timeout is None else max(timeout, _LOCK_GRACE)):
+        if not lock.acquire(False) and not lock.acquire(
+            True, -1 if timeout is None else max(timeout, _LOCK_GRACE)
+        ):
             raise CheckoutTimeout(core.pid, timeout, command)
         try:
             outcome = _enter(core, me, req)
         finally:
             lock.release()
     finally:
-        _unshield(me, shielded)
+        if shielded:
+            _unshield(me, shielded)
     if outcome is GRANT:
         return req
     if outcome is SKIP:
         raise req.value
-    mark, pool_mon = outcome
-    return _wait(core, me, req, mark, pool_mon, timeout)
+    return _wait(core, me, req, outcome, timeout)
 
 
 def _enter(core: Core, me: Process, req: Request) -> Any:
     """Under the lock: serve `req` now, or queue it (and prepare to receive the answer)."""
     try:
-        core.check_running()
-        if not core.enqueue(req):
+        if core.status is not RUNNING or core.proc.dead:
+            core.check_running()
+        if core.call_enqueue and not core.enqueue(req):
             return SKIP
         # Idle workers beside waiters means every waiter passed on them (serve() leaves no
         # other such state): a new request may take one without jumping anyone's place.
@@ -202,12 +206,14 @@ def _enter(core: Core, me: Process, req: Request) -> Any:
         core.register(req)
         core.queue.append(req)
         core.waiting += 1
+        ref = req.ref
         with me._lock:
             mark = len(me.mailbox)
-            me.aliases.add(req.ref)
-        pool_mon = core.watched_by(me)
+            me.aliases.add(ref)
+        # The pool monitor shares the request's fresh ref: a Down and a Reply differ by class.
+        core.watched_by(me, ref)
         core.want_refill = True
-        return mark, pool_mon
+        return mark
     except PoolDown as down:
         raise ProcessExit((down.reason, ("checkout", core.pid))) from None
     except BaseException as exc:  # noqa: BLE001 - the state is broken: crash the pool
@@ -218,15 +224,14 @@ def _enter(core: Core, me: Process, req: Request) -> Any:
             core.maybe_poke()
 
 
-def _wait(
-    core: Core, me: Process, req: Request, mark: int, pool_mon: Ref, timeout: float | None
-) -> Request:
-    ref = req.ref
+def _wait(core: Core, me: Process, req: Request, mark: int, timeout: float | None) -> Request:
+    # The answer is a Reply (whose delivery also spent the alias) or the pool's Down, both
+    # under the request's ref (see `_enter`).
+    ref = pool_mon = req.ref
 
     def answer(m: Any) -> bool:
-        return (m.__class__ is Reply and m.ref is ref) or (
-            m.__class__ is Down and m.ref is pool_mon
-        )
+        cls = m.__class__
+        return (cls is Reply or cls is Down) and m.ref is ref
 
     remaining = None if timeout is None else max(0.0, req.deadline - _monotonic())
     try:
@@ -244,12 +249,12 @@ def _wait(
         if hooks.after_wait_timeout is not None:
             hooks.after_wait_timeout(req)
         raise _withdraw(core, me, req, pool_mon, timeout)
-    _drop_alias(me, ref)
     demonitor_process(me, pool_mon, True)
-    if msg.__class__ is Reply:
+    if msg.__class__ is Reply:  # its delivery removed the alias (`_core._hand_off`)
         if msg.grant:
             return req
         raise msg.value
+    _drop_alias(me, ref)
     raise ProcessExit((msg.reason, ("checkout", core.pid)))
 
 
@@ -300,7 +305,7 @@ def _release(
             current()
         return
     crashed: BaseException | None = None
-    shielded = _shield(me)
+    shielded = False if me.adopted else _shield(me)
     try:
         with core.lock:
             try:
@@ -315,7 +320,8 @@ def _release(
                 if core.want_refill:
                     core.maybe_poke()
     finally:
-        _unshield(me, shielded)
+        if shielded:
+            _unshield(me, shielded)
     if crashed is not None and exc is None:
         raise ProcessExit((crashed, ("checkin", core.pid)))
 
@@ -360,9 +366,17 @@ def checkout(
     """
     if fun is None:
         return Checkout(pool, command, timeout)
-    core = core_for(pool)
-    _check_command(core, command)
-    _check_timeout(timeout)
+    # The common cases inline (a cached Pool handle, no declared commands, a plain timeout);
+    # everything else through the general helpers, which raise the same errors as before.
+    core = pool._cached if pool.__class__ is Pool else None
+    if core is None or core.proc.dead:
+        core = core_for(pool)
+    if core.commands is not None:
+        _check_command(core, command)
+    if timeout is not None and not (
+        (timeout.__class__ is float or timeout.__class__ is int) and timeout >= 0
+    ):
+        _check_timeout(timeout)
     me = current()
     if _listening():
         return _checkout_observed(core, me, command, fun, timeout)
@@ -383,15 +397,8 @@ def _use(core: Core, me: Process, req: Request, fun: Callable[[From, Any], tuple
 
 
 def _listening() -> bool:
-    """Is any telemetry handler attached to the checkout events? If not, skip building them.
-
-    Reads otp.telemetry's handler table the way its own `execute` does (a dict replaced
-    entry by entry under its lock, read without it); if that ever moves, always emit.
-    """
-    table = getattr(telemetry, "_by_event", None)
-    if table is None:
-        return True
-    return EV_CHECKOUT_START in table or EV_CHECKOUT_STOP in table or EV_CHECKOUT_EXCEPTION in table
+    """Is any telemetry handler attached to the checkout events? If not, skip building them."""
+    return telemetry.listening(EV_CHECKOUT_START, EV_CHECKOUT_STOP, EV_CHECKOUT_EXCEPTION)
 
 
 def _checkout_observed(
@@ -481,8 +488,12 @@ class Checkout:
     def __enter__(self) -> Any:
         if self._req is not None:
             raise PoolError("this Checkout is already in use; make a new one per with block")
-        core = core_for(self.pool)
-        _check_command(core, self.command)
+        target = self.pool
+        core = target._cached if target.__class__ is Pool else None
+        if core is None or core.proc.dead:
+            core = core_for(target)
+        if core.commands is not None:
+            _check_command(core, self.command)
         me = current()
         self._core, self._me = core, me
         if not _listening():
@@ -547,7 +558,8 @@ def update(from_: From, message: Any) -> None:
         with core.lock:
             try:
                 core.check_running()
-                req = core.requests.get(from_.ref)
+                ref = from_.ref
+                req = core.requests.get(ref.number) if ref.__class__ is Ref else None
                 if req is None or req.state is not GRANTED:
                     raise PoolError(
                         f"update: {from_!r} is not a checkout in progress on pool {core.pid!r}"

@@ -171,18 +171,24 @@ class Request:
         self.state = DONE
         self.worker: Worker | None = None
         self.value: Any = None
-        self.from_ = From(client.pid, ref, pool)
+        self.from_ = _new_from(From, (client.pid, ref, pool))
+
+
+# `From(a, b, c)` runs NamedTuple's Python-level __new__; building the tuple directly is the
+# same object for a third of the cost (one per checkout).
+_new_from = tuple.__new__
 
 
 class Client:
-    """A client process as the pool sees it: its monitor and its open requests."""
+    """A client process as the pool sees it: its monitor and its open requests (by ref number:
+    an int hashes in C, a Ref through Python, and a ref's number is what makes it equal)."""
 
     __slots__ = ("proc", "mon", "requests")
 
     def __init__(self, proc: Process, mon: Ref) -> None:
         self.proc = proc
         self.mon = mon
-        self.requests: dict[Ref, Request] = {}
+        self.requests: dict[int, Request] = {}
 
 
 class Reply:
@@ -259,6 +265,23 @@ def _pool_died(core: Core, exc: BaseException) -> bool:
     )
 
 
+def _hand_off(client: Process, ref: Ref, reply: Reply) -> None:
+    """Deliver a waiter's one answer, `Process.deliver_reply` and the waiter's alias removal in
+    one lock round trip: only one answer ever goes to a ref, so the alias is spent by it (a late
+    or second answer would be dropped, as after the waiter's own removal)."""
+    with client._lock:
+        if client.dead:
+            return
+        aliases = client.aliases
+        if ref not in aliases:
+            return
+        aliases.discard(ref)
+        client.mailbox.append(reply)
+        if client._waiting:
+            client._waiting = False
+            client._wake.release()
+
+
 def _init_task(pool: Pid, key: Ref, fun: Callable[[], Any]) -> None:
     """Body of an async worker start: run `fun` off the pool process and report back."""
     try:
@@ -302,7 +325,7 @@ class Core:
         self.queue: deque[Request] = deque()
         self.waiting = 0
         self.held = 0
-        self.requests: dict[Ref, Request] = {}
+        self.requests: dict[int, Request] = {}  # by ref number, as Client.requests
         self.clients: dict[Process, Client] = {}  # every live process that used the pool
         self.by_mon: dict[Ref, Client] = {}  # the same, by the pool's monitor on it
         self.inits: dict[Ref, Init] = {}
@@ -373,10 +396,14 @@ class Core:
                 return
         me.deliver(Down(ref, client.pid, "noproc"))
 
-    def watched_by(self, client: Process) -> Ref:
+    def watched_by(self, client: Process, ref: Ref | None = None) -> Ref:
         """Make `client` monitor the pool, without `otp.monitor`'s `current()` (which raises
-        in a client that was just killed: inside the lock that must not happen)."""
-        ref = make_ref()
+        in a client that was just killed: inside the lock that must not happen).
+
+        `ref` may be a fresh ref the caller already made for something else (a waiter's
+        request ref: its Down and its Reply differ by class), which saves making another."""
+        if ref is None:
+            ref = make_ref()
         me = self.proc
         with STRUCTURE:
             if not me.dead:
@@ -400,15 +427,17 @@ class Core:
             self.clients[proc] = client
             self.by_mon[client.mon] = client
             self.watch(proc, client.mon)
-        client.requests[req.ref] = req
+        key = req.ref.number
+        client.requests[key] = req
         req.owner = client
-        self.requests[req.ref] = req
+        self.requests[key] = req
 
     def unregister(self, req: Request) -> None:
-        if self.requests.pop(req.ref, None) is not None:
+        key = req.ref.number
+        if self.requests.pop(key, None) is not None:
             owner = req.owner
             assert owner is not None
-            owner.requests.pop(req.ref, None)
+            owner.requests.pop(key, None)
 
     # -- callbacks with NimblePool's error rules -----------------------------------------------
 
@@ -474,63 +503,66 @@ class Core:
         is the error; the worker stays first in line) or NONE (no idle worker left, or every
         one of them passed). Workers that passed keep their place in the idle queue.
         """
-        passed: list[Worker] = []
+        # One function, `passed` made only when a worker passes: this runs on every checkout.
+        passed: list[Worker] | None = None
+        idle = self.idle
+        worker = self.worker
+        max_age = self.max_age
         try:
-            return self._offer_idle(req, passed)
+            while idle:
+                w = idle.popleft()
+                if max_age is not None and self.clock() - w.born >= max_age:
+                    self.remove_worker(w, "max_age")
+                    continue
+                try:
+                    result = worker.handle_checkout(
+                        req.wrapped, req.from_, w.state, self.pool_state
+                    )
+                except UnknownCommand as exc:
+                    idle.appendleft(w)
+                    req.value = exc.with_context(self.pid, self.accepted)
+                    req.state = SKIPPED
+                    return SKIP
+                except (Exception, ProcessExit) as exc:
+                    if _pool_died(self, exc):
+                        raise
+                    self._log_callback_error("handle_checkout", exc, w.id)
+                    self.remove_worker(w, exc)
+                    continue
+                if result.__class__ is tuple and len(result) == 4 and result[0] == "ok":
+                    w.state = result[2]
+                    self.pool_state = result[3]
+                    w.checkouts += 1
+                    req.worker = w
+                    req.value = result[1]
+                    req.state = GRANTED
+                    self.held += 1
+                    return GRANT
+                match result:
+                    case ("remove", reason, pool_state):
+                        self.pool_state = pool_state
+                        self.remove_worker(w, reason)
+                        continue
+                    case ("skip", reason, pool_state):
+                        self.pool_state = pool_state
+                        idle.appendleft(w)
+                        req.value = self.skip_error(req, reason)
+                        req.state = SKIPPED
+                        return SKIP
+                    case ("pass", pool_state):
+                        # Not for this request (e.g. not the worker holding its session): the
+                        # request looks further, and waits for a checkin if nobody fits.
+                        self.pool_state = pool_state
+                        if passed is None:
+                            passed = []
+                        passed.append(w)
+                        continue
+                idle.appendleft(w)
+                raise self._bad("handle_checkout", _CHECKOUT_SHAPES, result)
+            return NONE
         finally:
             if passed:
                 self.idle.extendleft(reversed(passed))
-
-    def _offer_idle(self, req: Request, passed: list[Worker]) -> str:
-        idle = self.idle
-        worker = self.worker
-        while idle:
-            w = idle.popleft()
-            if self.max_age is not None and self.clock() - w.born >= self.max_age:
-                self.remove_worker(w, "max_age")
-                continue
-            try:
-                result = worker.handle_checkout(req.wrapped, req.from_, w.state, self.pool_state)
-            except UnknownCommand as exc:
-                idle.appendleft(w)
-                req.value = exc.with_context(self.pid, self.accepted)
-                req.state = SKIPPED
-                return SKIP
-            except (Exception, ProcessExit) as exc:
-                if _pool_died(self, exc):
-                    raise
-                self._log_callback_error("handle_checkout", exc, w.id)
-                self.remove_worker(w, exc)
-                continue
-            if result.__class__ is tuple and len(result) == 4 and result[0] == "ok":
-                w.state = result[2]
-                self.pool_state = result[3]
-                w.checkouts += 1
-                req.worker = w
-                req.value = result[1]
-                req.state = GRANTED
-                self.held += 1
-                return GRANT
-            match result:
-                case ("remove", reason, pool_state):
-                    self.pool_state = pool_state
-                    self.remove_worker(w, reason)
-                    continue
-                case ("skip", reason, pool_state):
-                    self.pool_state = pool_state
-                    idle.appendleft(w)
-                    req.value = self.skip_error(req, reason)
-                    req.state = SKIPPED
-                    return SKIP
-                case ("pass", pool_state):
-                    # Not for this request (e.g. not the worker holding its session): the
-                    # request looks further, and waits for a checkin if nobody fits.
-                    self.pool_state = pool_state
-                    passed.append(w)
-                    continue
-            idle.appendleft(w)
-            raise self._bad("handle_checkout", _CHECKOUT_SHAPES, result)
-        return NONE
 
     def checkin_worker(self, req: Request, checkin_state: Any) -> None:
         """``handle_checkin`` for a request that just left GRANTED; the worker goes back or away."""
@@ -603,42 +635,47 @@ class Core:
         behind it are still offered the idle workers. Without ``pass`` outcomes this is strict
         FIFO; with them, it is FIFO among the requests a worker fits.
         """
+        # One function, `passed` made only when a request passes: a checkin that finds
+        # waiters runs this every time.
         queue = self.queue
-        passed: deque[Request] = deque()
+        passed: deque[Request] | None = None
+        npassed = 0
         try:
-            self._serve_queue(queue, passed)
+            while self.waiting > npassed and self.idle and self.status is RUNNING:
+                req = queue.popleft()
+                if req.state is not QUEUED:
+                    continue
+                self.waiting -= 1
+                if req.deadline <= _monotonic():
+                    # NimblePool's deadline check: a caller that already gave up is not served.
+                    req.state = CANCELLED
+                    self.unregister(req)
+                    self.cancelled("queued")
+                    continue
+                outcome = self.try_checkout(req)
+                if outcome is NONE:
+                    req.state = QUEUED
+                    self.waiting += 1
+                    if not self.idle:
+                        queue.appendleft(req)
+                        break
+                    if passed is None:
+                        passed = deque()
+                    passed.append(req)
+                    npassed += 1
+                    continue
+                if outcome is GRANT:
+                    _hand_off(req.client, req.ref, Reply(req.ref, True, req.value))
+                else:
+                    self.unregister(req)
+                    _hand_off(req.client, req.ref, Reply(req.ref, False, req.value))
         finally:
             if passed:
                 passed.extend(self.queue)
                 self.queue = passed
-        self._compact_queue()
-
-    def _serve_queue(self, queue: deque[Request], passed: deque[Request]) -> None:
-        while self.waiting > len(passed) and self.idle and self.status is RUNNING:
-            req = queue.popleft()
-            if req.state is not QUEUED:
-                continue
-            self.waiting -= 1
-            if req.deadline <= _monotonic():
-                # NimblePool's deadline check: a caller that already gave up is not served.
-                req.state = CANCELLED
-                self.unregister(req)
-                self.cancelled("queued")
-                continue
-            outcome = self.try_checkout(req)
-            if outcome is NONE:
-                req.state = QUEUED
-                self.waiting += 1
-                if not self.idle:
-                    queue.appendleft(req)
-                    break
-                passed.append(req)
-                continue
-            if outcome is GRANT:
-                req.client.deliver_reply(req.ref, Reply(req.ref, True, req.value))
-            else:
-                self.unregister(req)
-                req.client.deliver_reply(req.ref, Reply(req.ref, False, req.value))
+        queue = self.queue
+        if queue and (queue[0].state is not QUEUED or len(queue) > 2 * self.waiting + 64):
+            self._compact_queue()
 
     def _compact_queue(self) -> None:
         queue = self.queue
@@ -658,7 +695,7 @@ class Core:
             req.value = error
             self.unregister(req)
             self.cancelled("queued")
-            req.client.deliver_reply(req.ref, Reply(req.ref, False, error))
+            _hand_off(req.client, req.ref, Reply(req.ref, False, error))
 
     # -- client-side transitions (lock held, in the client's thread) ---------------------------
 
@@ -668,7 +705,9 @@ class Core:
             return  # reclaimed already: the pool saw the client die, or it stopped
         req.state = DONE
         self.held -= 1
-        self.unregister(req)
+        key = req.ref.number  # unregister(req), inline: this is every checkin
+        if self.requests.pop(key, None) is not None:
+            req.owner.requests.pop(key, None)  # type: ignore[union-attr]
         if self.status is not RUNNING or self.proc.dead:
             return  # a stopped pool has no place for it; terminate_pool already ran
         self.checkin_worker(req, checkin_state)
@@ -828,7 +867,7 @@ class Core:
         if client is not None:
             self.clients.pop(client.proc, None)
             for req in list(client.requests.values()):
-                self.requests.pop(req.ref, None)
+                self.requests.pop(req.ref.number, None)
                 if req.state is QUEUED:
                     req.state = CANCELLED
                     self.waiting -= 1
