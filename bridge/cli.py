@@ -179,25 +179,26 @@ def _run_observed(tree: Any, *, plain: bool) -> int:
     from bridge.view import View
 
     view = View(plain=plain)
-    result: list[int] = []
+    done = threading.Event()
     root_name = "threadotp_run_root"
 
     def watch() -> None:
-        while not result:
+        while not done.wait(0.5):  # the refresh rate of the view
             pid = otp.whereis(root_name)
             if pid is not None:
                 try:
                     view.update({"tree": observer.render(pid, timeout=1.0)})
-                except BaseException:  # noqa: BLE001 - stopping
+                except BaseException:  # noqa: BLE001 - the tree is stopping
                     pass
-            time.sleep(0.5)  # the refresh rate of the view
 
     watcher = threading.Thread(target=watch, name="threadotp-observe", daemon=True)
     with view.live():
         watcher.start()
-        result.append(otp.run(tree, name=root_name) if isinstance(tree, (list, tuple)) else otp.run(tree))
-    watcher.join(2)
-    return result[0]
+        try:
+            return otp.run(tree, name=root_name) if isinstance(tree, (list, tuple)) else otp.run(tree)
+        finally:
+            done.set()
+            watcher.join(2)
 
 
 # -- bench ----------------------------------------------------------------------------------

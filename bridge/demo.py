@@ -67,7 +67,9 @@ class Workload:
     def start(self) -> None:
         self.started_at = time.monotonic()
         for i in range(self.options.clients):
-            self._threads.append(threading.Thread(target=self._client, args=(i,), name=f"demo-client-{i}", daemon=True))
+            # Seeds drawn here, in one thread: the shared generator is not used concurrently.
+            seed = self.rng.random()
+            self._threads.append(threading.Thread(target=self._client, args=(i, seed), name=f"demo-client-{i}", daemon=True))
         if self.options.kill_every:
             self._threads.append(threading.Thread(target=self._chaos, name="demo-chaos", daemon=True))
         for t in self._threads:
@@ -109,8 +111,8 @@ class Workload:
 
     # -- the clients ------------------------------------------------------------------------
 
-    def _client(self, index: int) -> None:
-        rng = random.Random(self.rng.random())
+    def _client(self, index: int, seed: float) -> None:
+        rng = random.Random(seed)
         sessions: dict[str, int] = {}  # session id -> the counter value we expect
         while not self._stop.is_set():
             self._one_call(index, rng, sessions)
