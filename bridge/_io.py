@@ -175,3 +175,14 @@ def service() -> IOService:
         if _service is None:
             _service = IOService()
         return _service
+
+
+def _forget_after_fork() -> None:
+    # A forked child (multiprocessing, ProcessPoolExecutor) has the service object but not its
+    # thread: it must start its own on first use instead of queueing work nobody runs.
+    global _service, _service_lock
+    _service = None
+    _service_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -296,3 +296,27 @@ def _exists(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_forked_child_starts_its_own_io_service(tmp_path) -> None:
+    script = tmp_path / "forker.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, otp
+        from bridge.port import Port, PortData
+        port = Port.open(["cat"])            # the parent's I/O thread is running now
+        pid = os.fork()
+        if pid == 0:
+            child_port = Port.open(["cat"])  # would wait for ever on the parent's dead thread
+            child_port.command(b"from the child")
+            msg = otp.receive(PortData, timeout=10)
+            child_port.close()
+            child_port.wait_closed(10)
+            os._exit(0 if msg is not otp.TIMEOUT and msg.data == b"from the child" else 1)
+        _, status = os.waitpid(pid, 0)
+        port.close()
+        port.wait_closed(10)
+        print("child status", os.waitstatus_to_exitcode(status), flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 0" in proc.stdout
