@@ -286,8 +286,14 @@ class _PoolState:
     metrics: _Metrics
     workers_sup: Any
     numbers: Any = attrs.field(factory=lambda: itertools.count(1))
+    # Guarded by failures_lock: worker removals are counted under the pool's lock, but failed
+    # starts are counted in the task that ran them.
     failures: deque[float] = attrs.field(factory=deque)
     giving_up: bool = False  # this pool has asked to be stopped (restart intensity)
+    failures_lock: threading.Lock = attrs.field(factory=threading.Lock)
+    # Set once the tree first came up: before that, failed starts end in start_link's own
+    # error (with the workers' stderr) rather than in a restart of the tree.
+    ready: bool = False
 
 
 @attrs.frozen
@@ -311,8 +317,9 @@ class _SessionWorker(pool.PoolWorker):
         # again at once), and no session may stay homed on a worker of the old pool (a worker
         # checked out when the old pool stopped never reached terminate_worker: its sessions
         # would wait for it for ever).
-        init_arg.failures.clear()
-        init_arg.giving_up = False
+        with init_arg.failures_lock:
+            init_arg.failures.clear()
+            init_arg.giving_up = False
         init_arg.sessions.lose_all("the session pool was restarted")
         return ("ok", init_arg)
 
@@ -322,6 +329,15 @@ class _SessionWorker(pool.PoolWorker):
         the_pool = self.pool
 
         def boot() -> WorkerHandle:
+            try:
+                return start_worker()
+            except BaseException:
+                # Workers that keep failing to start escalate like workers that keep dying.
+                if ps.ready:
+                    _count_failure(ps, the_pool)
+                raise
+
+        def start_worker() -> WorkerHandle:
             started = time.monotonic()
             meta = {"pool": cfg.name, "worker_id": worker_id}
             telemetry.execute(["threadotp", "session_pool", "worker", "start"], {"monotonic_time": started}, meta)
@@ -397,15 +413,22 @@ class _SessionWorker(pool.PoolWorker):
         otp.exit(handle.actor, "shutdown")
         if _is_failure(reason):
             ps.metrics.restarted()
-            if _over_intensity(ps) and not ps.giving_up:
-                ps.giving_up = True
-                cfg = ps.config
-                logger.error(
-                    "session pool {name}: more than {n} worker failures in {s} s; restarting the pool",
-                    name=cfg.name, n=cfg.max_restarts, s=cfg.max_seconds,
-                )
-                _stop_soon(self.pool, ("shutdown", "worker_restart_intensity"))
+            _count_failure(ps, self.pool)
         return ("ok", ps)
+
+
+def _count_failure(ps: _PoolState, pool_pid: otp.Pid) -> None:
+    """One more worker failure (removed, or failed to start); past intensity, stop the pool."""
+    with ps.failures_lock:
+        if not _over_intensity(ps) or ps.giving_up:
+            return
+        ps.giving_up = True
+    cfg = ps.config
+    logger.error(
+        "session pool {name}: more than {n} worker failures in {s} s; restarting the pool",
+        name=cfg.name, n=cfg.max_restarts, s=cfg.max_seconds,
+    )
+    _stop_soon(pool_pid, ("shutdown", "worker_restart_intensity"))
 
 
 def _stop_soon(pool_pid: otp.Pid, reason: Any) -> None:
@@ -533,6 +556,7 @@ class SessionPool:
             sup = starter(children, strategy="one_for_all", max_restarts=3, max_seconds=30, name=name)
         except otp.StartError as exc:
             raise SessionPoolStartError(config, exc.reason) from None
+        shared.ready = True
         return cls(config, sup, shared)
 
     # -- calls ---------------------------------------------------------------------------------

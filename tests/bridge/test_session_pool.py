@@ -683,3 +683,39 @@ def test_a_tree_that_keeps_failing_escalates_and_the_session_pool_exits() -> Non
         with pytest.raises(PoolUnavailable, match="not available") as info:
             sp.execute_anonymous("add", [1, 1])
         assert info.value.reason == "noproc"
+
+
+def test_workers_that_keep_failing_to_start_escalate_through_the_supervisor(tmp_path) -> None:
+    """Once the pool was up, failed starts count against restart intensity like crashes."""
+    marker = tmp_path / "broken"
+    (tmp_path / "breakable_handlers.py").write_text(
+        "import os\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        "    raise ImportError('the deployment broke this module')\n"
+        "from bridge.examples import *  # noqa\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    sp = SessionPool.start(
+        "breakable", 1, ["breakable_handlers"], env=env, max_restarts=2, max_seconds=60,
+        start_timeout=1.0, init_timeout=5.0, close_timeout=0.2,
+    )
+    try:
+        assert sp.execute_anonymous("add", [1, 2]) == 3
+        ref = otp.monitor(sp.supervisor)
+        marker.write_text("")
+        kill_one_worker(sp, 1)  # its replacements cannot import the handlers any more
+        errors: list[BaseException] = []
+
+        def gone() -> bool:
+            try:
+                sp.execute_anonymous("add", [1, 2])
+            except (pool.WorkerStartError, pool.CheckoutTimeout, PoolUnavailable, WorkerCrashed) as exc:
+                errors.append(exc)
+            return not otp.is_alive(sp.supervisor)
+
+        wait_until(gone, 30, "the SessionPool's supervisor to give up")
+        down = otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=15)
+        assert down is not otp.TIMEOUT and down.reason == "shutdown"
+        assert errors, "callers got clear errors while the pool could not start workers"
+    finally:
+        sp.stop()
