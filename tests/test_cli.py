@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+@pytest.mark.timeout(120)
 def test_demo_runs_under_chaos_and_exits_zero() -> None:
     code, out, err = finish(threadotp("demo", "--duration", "5", "--plain", "--kill-every", "1"), 90)
     assert code == 0, f"{out}\n{err}"
@@ -71,6 +74,7 @@ def test_run_reports_a_bad_target() -> None:
     assert code == 2 and "no_such_module" in err
 
 
+@pytest.mark.timeout(320)
 def test_bench_quick_prints_a_complete_table(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     code, out, err = finish(threadotp("bench", "--quick", "--json", str(report)), 300)
