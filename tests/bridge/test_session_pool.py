@@ -719,3 +719,24 @@ def test_workers_that_keep_failing_to_start_escalate_through_the_supervisor(tmp_
         assert errors, "callers got clear errors while the pool could not start workers"
     finally:
         sp.stop()
+
+
+def test_killing_a_worker_actor_closes_its_subprocess_and_the_pool_replaces_it() -> None:
+    with running("actor_kill", 2) as sp:
+        worker_id, actor = sp.workers()[0]
+        os_pid = otp.call(actor, "handle", 5.0).port.os_pid
+        ref = otp.monitor(actor)
+        otp.exit(actor, "kill")  # untrappable: no terminate, the owner's death closes the port
+        assert otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=10).reason == "killed"
+        wait_until(lambda: replaced(sp, 2, worker_id), 15, "a replacement worker")
+        wait_until(lambda: not os.path.exists(f"/proc/{os_pid}") or _zombie(os_pid), 15, "the subprocess to end")
+        assert sp.execute_anonymous("add", [20, 22]) == 42
+        assert sp.stats().restarts == 1
+
+
+def _zombie(os_pid: int) -> bool:
+    try:
+        with open(f"/proc/{os_pid}/stat") as f:
+            return f.read().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
