@@ -294,7 +294,7 @@ def _exists(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone between open and read (ProcessLookupError) or before
         return False
 
 

@@ -738,5 +738,5 @@ def _zombie(os_pid: int) -> bool:
     try:
         with open(f"/proc/{os_pid}/stat") as f:
             return f.read().split(") ")[1][0] == "Z"
-    except FileNotFoundError:
+    except OSError:  # gone between open and read (ProcessLookupError) or before
         return True
