@@ -729,14 +729,7 @@ def test_killing_a_worker_actor_closes_its_subprocess_and_the_pool_replaces_it()
         otp.exit(actor, "kill")  # untrappable: no terminate, the owner's death closes the port
         assert otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=10).reason == "killed"
         wait_until(lambda: replaced(sp, 2, worker_id), 15, "a replacement worker")
-        wait_until(lambda: not os.path.exists(f"/proc/{os_pid}") or _zombie(os_pid), 15, "the subprocess to end")
+        wait_until(lambda: os_pid_is_gone(os_pid), 15, "the subprocess to be reaped")
         assert sp.execute_anonymous("add", [20, 22]) == 42
         assert sp.stats().restarts == 1
 
-
-def _zombie(os_pid: int) -> bool:
-    try:
-        with open(f"/proc/{os_pid}/stat") as f:
-            return f.read().split(") ")[1][0] == "Z"
-    except OSError:  # gone between open and read (ProcessLookupError) or before
-        return True
