@@ -28,11 +28,10 @@ Run: ``python benchmarks/bench_supervisor.py [--quick] [--unpinned]`` (about 5 s
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -51,7 +51,7 @@ import otp
 import pool
 from bridge.circuit import CircuitBreaker, CircuitOpen
 from bridge.codec import DEFAULT_CODEC
-from bridge.port import PortClosed, PortError, PortTimeout
+from bridge.port import PortError, PortTimeout
 from bridge.protocol import WorkerError
 from bridge.worker_actor import WorkerActor, WorkerConfig, WorkerHandle, WorkerInitError, worker_argv
 from otp import telemetry

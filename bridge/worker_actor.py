@@ -30,7 +30,7 @@ from loguru import logger
 import otp
 from bridge.codec import DEFAULT_CODEC, Codec, get_codec
 from bridge.port import Port, PortClosed, PortError, PortExit, PortTimeout
-from bridge.protocol import BadReply, WorkerError, request
+from bridge.protocol import WorkerError, request
 
 __all__ = ["WorkerActor", "WorkerConfig", "WorkerHandle", "WorkerInitError", "worker_argv"]
 

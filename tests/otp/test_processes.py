@@ -386,8 +386,7 @@ class TestNames:
 
 
 class TestDeath:
-    def test_a_busy_python_loop_is_interrupted_and_its_later_sends_dropped(self) -> None:
-        me = otp.self()
+    def test_a_busy_python_loop_is_interrupted_at_a_bytecode_boundary(self) -> None:
         started = threading.Event()
         stopped = threading.Event()
 
