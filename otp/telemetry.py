@@ -28,10 +28,13 @@ __all__ = ["attach", "attach_many", "detach", "execute", "list_handlers", "liste
 Handler = Callable[[tuple[str, ...], dict[str, Any], dict[str, Any], Any], None]
 
 _lock = threading.Lock()
-# Guarded by _lock; readers take a snapshot (copy-on-write), so execute never holds the lock
-# while a handler runs.
+# Copy-on-write: writers (under _lock) build a new dict and publish it by rebinding
+# `_by_event`; a published dict is never changed again. Readers (`execute`, `listening`, on
+# every hot path) read the binding once and take no lock: what they see is a complete table,
+# the one before or after a concurrent attach/detach, exactly as if they had run a moment
+# earlier or later.
 _by_event: dict[tuple[str, ...], tuple[tuple[str, Handler, Any], ...]] = {}
-_ids: dict[str, list[tuple[str, ...]]] = {}
+_ids: dict[str, list[tuple[str, ...]]] = {}  # guarded by _lock
 
 
 class AlreadyExists(ValueError):
@@ -58,8 +61,10 @@ def attach_many(handler_id: str, events: Iterable[Sequence[str]], handler: Handl
         if handler_id in _ids:
             raise AlreadyExists(f"telemetry handler {handler_id!r} is already attached")
         _ids[handler_id] = keys
+        table = dict(_by_event)
         for key in keys:
-            _by_event[key] = _by_event.get(key, ()) + ((handler_id, handler, config),)
+            table[key] = table.get(key, ()) + ((handler_id, handler, config),)
+        _publish(table)
 
 
 def detach(handler_id: str) -> bool:
@@ -68,20 +73,28 @@ def detach(handler_id: str) -> bool:
         keys = _ids.pop(handler_id, None)
         if keys is None:
             return False
+        table = dict(_by_event)
         for key in keys:
-            rest = tuple(h for h in _by_event.get(key, ()) if h[0] != handler_id)
+            rest = tuple(h for h in table.get(key, ()) if h[0] != handler_id)
             if rest:
-                _by_event[key] = rest
+                table[key] = rest
             else:
-                _by_event.pop(key, None)
+                table.pop(key, None)
+        _publish(table)
         return True
+
+
+def _publish(table: dict[tuple[str, ...], tuple[tuple[str, Handler, Any], ...]]) -> None:
+    """Make `table` the one readers see (caller holds _lock)."""
+    global _by_event
+    _by_event = table
 
 
 def list_handlers(prefix: Sequence[str] = ()) -> list[tuple[str, tuple[str, ...]]]:
     """``(handler_id, event)`` pairs whose event starts with `prefix`."""
     p = tuple(prefix)
-    with _lock:
-        return [(hid, key) for key, hs in _by_event.items() if key[: len(p)] == p for hid, _, _ in hs]
+    table = _by_event
+    return [(hid, key) for key, hs in table.items() if key[: len(p)] == p for hid, _, _ in hs]
 
 
 def listening(*events: Sequence[str]) -> bool:
@@ -91,17 +104,16 @@ def listening(*events: Sequence[str]) -> bool:
     >>> listening(["nobody", "listens"], ["nor", "here"])
     False
     """
-    with _lock:
-        if not _by_event:
-            return False
-        return any((e if e.__class__ is tuple else tuple(e)) in _by_event for e in events)
+    table = _by_event
+    if not table:
+        return False
+    return any((e if e.__class__ is tuple else tuple(e)) in table for e in events)
 
 
 def execute(event: Sequence[str], measurements: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
     """Run every handler attached to `event`, in attach order."""
-    key = tuple(event)
-    with _lock:  # copy-on-write: the tuple we get is never changed, so we run it unlocked
-        handlers = _by_event.get(key)
+    key = event if event.__class__ is tuple else tuple(event)
+    handlers = _by_event.get(key)
     if not handlers:
         return
     md = metadata if metadata is not None else {}
