@@ -20,6 +20,7 @@ from otp._api import (
     is_alive,
     link,
     monitor,
+    move_death_hook,
     post,
     process_info,
     processes,
@@ -48,8 +49,8 @@ __all__ = [
     "ANY", "AlreadyRegistered", "BadReturn", "Down", "Exit", "From", "GenServer", "NoProc",
     "Node", "Pid", "ProcessExit", "ProcessInfo", "Ref", "StartError", "TIMEOUT", "Task",
     "add_death_hook", "call", "cast", "default_node", "demonitor", "exit", "flush",
-    "is_alive", "is_normal_exit", "link", "make_ref", "monitor", "post", "process_info", "processes",
-    "receive", "register", "remove_death_hook", "reply", "self", "send", "set_default_node",
+    "is_alive", "is_normal_exit", "link", "make_ref", "monitor", "move_death_hook", "post",
+    "process_info", "processes", "receive", "register", "remove_death_hook", "reply", "self", "send", "set_default_node",
     "sleep", "spawn", "spawn_link", "spawn_monitor", "spawn_opt", "stop", "trap_exit",
     "unlink", "unregister", "whereis",
 ]

@@ -438,7 +438,7 @@ def add_death_hook(pid: Pid, hook: Callable[[Pid, Any], None]) -> bool:
     Returns False, without running the hook, if the process is already dead.
     """
     proc = pid._proc
-    with STRUCTURE:
+    with proc._lock:
         if proc.dead:
             return False
         proc.on_death.append(hook)
@@ -447,11 +447,27 @@ def add_death_hook(pid: Pid, hook: Callable[[Pid, Any], None]) -> bool:
 
 def remove_death_hook(pid: Pid, hook: Callable[[Pid, Any], None]) -> None:
     proc = pid._proc
-    with STRUCTURE:
+    with proc._lock:
         try:
             proc.on_death.remove(hook)
         except ValueError:
             pass
+
+
+def move_death_hook(old: Pid, new: Pid, hook: Callable[[Pid, Any], None]) -> bool:
+    """Move `hook` from `old` to `new` (a port changing owner). False, with nothing changed,
+    if `new` is dead; `hook` then stays where it was.
+
+    Never holds both processes' locks at once: a death of `old` in between runs the hook,
+    which then finds `new` as the owner and leaves the port alone.
+    """
+    proc = new._proc
+    with proc._lock:
+        if proc.dead:
+            return False
+        proc.on_death.append(hook)
+    remove_death_hook(old, hook)
+    return True
 
 
 def post(pid: Pid, msg: Any) -> None:

@@ -10,7 +10,7 @@ Locks, and the order in which they are taken (never the other way round):
 1. `STRUCTURE` — one lock for links, monitors, names and process tables of every node. Structural
    changes are rare next to messages, and one lock makes cross-node links and atomic
    spawn_link/monitor trivially correct.
-2. `Process._lock` — the mailbox, status and wake-up of one process.
+2. `Process._lock` — the mailbox, status, wake-up and death hooks of one process.
 
 Nothing here relies on the GIL for correctness: every shared field is read and written under one
 of these locks, as the comments on `Process` say.
@@ -35,7 +35,7 @@ from otp._terms import TIMEOUT, Down, Exit, Pid, Ref
 __all__ = ["Node", "Process", "STRUCTURE", "current", "default_node", "set_default_node"]
 
 STRUCTURE = threading.Lock()
-"""Guards links, monitors, names, process tables and death hooks of all nodes."""
+"""Guards links, monitors, names and process tables of all nodes."""
 
 _monotonic = time.monotonic
 _allocate_lock = threading.Lock
@@ -93,11 +93,13 @@ class Process:
         self.injected = False
         self.blocked_on: str | tuple[str, Any] | None = None  # a (verb, target) is rendered late
         # Guarded by STRUCTURE: links, monitors (refs I hold -> target), monitored_by (refs on
-        # me -> watcher), name, on_death.
+        # me -> watcher), name.
         self.links: set[Pid] = set()
         self.monitors: dict[Ref, Process] = {}
         self.monitored_by: dict[Ref, Process] = {}
         self.name: Any = None
+        # Guarded by _lock (not STRUCTURE: a port moves its hook from process to process on
+        # every pooled call, and must not contend with every link and monitor in the node).
         self.on_death: list[Callable[[Pid, Any], None]] = []
         self.thread: threading.Thread | None = None
         self.initial_call = initial_call
@@ -366,6 +368,9 @@ def _mark_dead(
                 return []
             proc.dead = True
             proc.reason = reason
+            # Taken with `dead` in one step: an add_death_hook from now on sees the death.
+            hooks = proc.on_death
+            proc.on_death = []
             me = proc.pid
             proc._pid = None  # break the Pid <-> Process cycle (see __init__)
             proc.mailbox.clear()
@@ -405,10 +410,6 @@ def _mark_dead(
                 if fatal is not None:
                     work.append((other, fatal, True))
             linked.clear()
-        hooks = proc.on_death
-        if not hooks:
-            return ()
-        proc.on_death = []
     return hooks
 
 
