@@ -193,8 +193,12 @@ class Port:
         self._stdin = popen.stdin
         self._stdout = popen.stdout
         self._stderr = popen.stderr
-        # Non-blocking, so the loop thread and a passive owner can never block on an empty pipe.
-        os.set_blocking(self._stdout.fileno(), False)
+        # Non-blocking, so the loop thread and a passive owner can never block on an empty pipe,
+        # and a writer never blocks on a full one while it holds the lock (see `command`).
+        self._stdin_fd = self._stdin.fileno()
+        self._stdout_fd = self._stdout.fileno()
+        os.set_blocking(self._stdout_fd, False)
+        os.set_blocking(self._stdin_fd, False)
         self._pidfd = os.pidfd_open(popen.pid)
         if not otp.add_death_hook(owner, self._death_hook):
             self.close()
@@ -259,41 +263,74 @@ class Port:
         """Write one frame to the subprocess's stdin.
 
         Raises `FrameTooLarge` (a `ValueError`) for data beyond the packet size, and
-        `PortClosed` if the port is closed or the subprocess is gone.
+        `PortClosed` if the port is closed or the subprocess is gone. A frame the pipe cannot
+        take at once is written as the subprocess reads it (checking every 0.1 s that the
+        calling process was not killed meanwhile).
         """
         frame = self._encode(data if data.__class__ is bytes else bytes(data))
+        # Writes happen under the lock, and stdin is closed only after `_closed` was set under
+        # it: a write can never reach a closed fd, or a number the OS has reused since. The
+        # pipe is non-blocking, so the lock is never held while waiting for the reader.
         with self._lock:
-            closed = self._closed
-            if not closed:
+            if self._closed:
+                written = -1
+            else:
                 self.bytes_out += len(frame)
-        if closed:
+                try:
+                    written = os.write(self._stdin_fd, frame)  # a small frame fits in one write
+                except BlockingIOError:
+                    written = 0
+                except OSError as exc:
+                    written, problem = -2, exc
+        if written == len(frame):
+            return
+        if written == -1:
             raise self._error(PortClosed, "command on a closed port")
-        try:
-            fd = self._stdin.fileno()
-            written = os.write(fd, frame)  # a small frame fits the pipe in one write
-            if written != len(frame):
-                _write_all(fd, frame[written:])
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            raise self._error(PortClosed, f"the subprocess is gone ({exc.__class__.__name__})") from None
+        if written == -2:
+            raise self._error(PortClosed, f"the subprocess is gone ({problem.__class__.__name__})") from None
+        self._write_rest(memoryview(frame)[written:])
 
-    def connect(self, pid: otp.Pid) -> None:
-        """Make `pid` the owner. Raises `PortError` if `pid` is dead (the owner is unchanged)."""
+    def _write_rest(self, rest: memoryview) -> None:
+        poller = select.poll()
+        poller.register(self._stdin_fd, select.POLLOUT)
+        while rest:
+            poller.poll(_RECV_SLICE * 1000)
+            otp.self()  # raises in a process that was killed meanwhile
+            with self._lock:
+                if self._closed:
+                    written = -1
+                else:
+                    try:
+                        written = os.write(self._stdin_fd, rest)
+                    except BlockingIOError:
+                        written = 0
+                    except OSError:
+                        written = -1
+            if written < 0:
+                raise self._error(PortClosed, "the subprocess is gone while a frame was being written")
+            rest = rest[written:]
+
+    def connect(self, pid: otp.Pid) -> bool:
+        """Make `pid` the owner. Raises `PortError` if `pid` is dead (the owner is unchanged).
+
+        Returns whether the subprocess is still running. When it is not, its `PortExit` may
+        already be in the previous owner's mailbox.
+        """
         problem = None
         with self._lock:
             old = self._owner
             if self._closed:
                 problem = (PortClosed, f"connect({pid!r}) on a closed port")
-            elif pid == old:
-                return
+            elif pid is old or pid == old:
+                return not self._reaped
             # The death hook moves with ownership in one step: whichever of the two owners dies,
             # the port is closed exactly when its *current* owner is dead.
-            elif not otp.add_death_hook(pid, self._death_hook):
+            elif not otp.move_death_hook(old, pid, self._death_hook):
                 problem = (PortError, f"connect: process {pid!r} is dead; the port stays with {old!r}")
             else:
-                otp.remove_death_hook(old, self._death_hook)
                 self._owner = pid
-        if problem is not None:
-            raise self._error(*problem)
+                return not self._reaped
+        raise self._error(*problem)
 
     def set_active(self, active: bool) -> None:
         """Switch between active (frames as messages) and passive (`recv`) mode."""
@@ -317,6 +354,11 @@ class Port:
         exited (with its status and stderr tail), and the process's exit if it is killed while
         waiting (checked every 0.1 s).
         """
+        # The reply is often in the pipe already (the worker ran while we wrote): one look,
+        # without setting up a wait, before the general loop.
+        frame = self._recv_ready()
+        if frame is not None:
+            return frame
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             return self._recv_loop(deadline, timeout)
@@ -325,12 +367,33 @@ class Port:
                 self._in_recv = False
             raise
 
+    def _recv_ready(self) -> bytes | None:
+        """A frame that is pending or already in the pipe, else None (the loop decides why)."""
+        with self._read_lock:
+            with self._lock:
+                if self._active or self._failure is not None:
+                    return None
+                pending = self._pending
+                if not pending:
+                    if self._eof or self._closed:
+                        return None
+                    try:  # non-blocking: holding the locks costs no wait
+                        data = os.read(self._stdout_fd, 65536)
+                    except (BlockingIOError, InterruptedError):
+                        return None
+                    except (OSError, ValueError):
+                        return None
+                    if not data or not self._absorb_locked(data, deliver=False):
+                        return None  # EOF stays readable: the loop's read handles it
+                if pending:
+                    return pending.popleft()
+        return None
+
     def _recv_loop(self, deadline: float | None, timeout: float | None) -> bytes:
         # `_in_recv` is set and cleared in the same critical sections that look for a frame
         # (one lock round per look, not three): it is True exactly while we may block.
         poller: select.poll | None = None
         lock = self._lock
-        read_first = True
         while True:
             with lock:
                 if self._active:
@@ -345,21 +408,15 @@ class Port:
                     break
                 self._in_recv = True
             otp.self()  # raises in a process that was killed meanwhile
-            if read_first:
-                # The reply is often in the pipe already (the worker ran while we wrote): one
-                # non-blocking read then spares setting up and making a poll.
-                read_first = False
-                if self._read_stdout(deliver=False):
-                    continue
             left = _RECV_SLICE if deadline is None else min(_RECV_SLICE, deadline - time.monotonic())
             if left <= 0:
                 raise self._error(PortTimeout, f"no frame within {timeout} s")
             if poller is None:
                 poller = select.poll()
-                try:
-                    poller.register(self._stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-                except ValueError:  # closed by the loop thread since we looked
-                    break
+                with self._read_lock:
+                    if self._stdout.closed:  # closed by the loop thread since we looked
+                        break
+                    poller.register(self._stdout_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
             if poller.poll(left * 1000):
                 self._read_stdout(deliver=False)
         self._finished.wait(self._close_timeout)
@@ -456,35 +513,43 @@ class Port:
             if self._stdout.closed:
                 return False  # fds are closed under this lock: never read a number reused since
             try:
-                data = os.read(self._stdout.fileno(), 65536)
+                data = os.read(self._stdout_fd, 65536)
             except (BlockingIOError, InterruptedError):
                 return False
             except (OSError, ValueError):
                 data = b""
             with self._lock:
-                if self._eof:
+                if not self._absorb_locked(data, deliver):
                     return False
-                try:
-                    if data:
-                        self.bytes_in += len(data)
-                        frames = self._decoder.feed(data)
-                    else:
-                        self._eof = True
-                        frames = self._decoder.eof()
-                except FramingError as exc:
-                    self._fail_locked(f"bad data from the subprocess: {exc}")
-                    return False
-                if self._closed:
-                    frames = []
-                elif deliver and self._active:
-                    owner = self._owner
-                    for frame in frames:
-                        otp.post(owner, PortData(self, frame))
-                    frames = []
-                self._pending.extend(frames)
         if not data:
             service().call_soon(self._after_eof)
         return bool(data)
+
+    def _absorb_locked(self, data: bytes, deliver: bool) -> bool:
+        """Decode `data` (b"" is EOF): frames go to an active owner's mailbox when `deliver`,
+        else to the pending queue. False if the port was past reading, or the data was bad
+        (the port is then killed). Caller holds `_read_lock` and `_lock`."""
+        if self._eof:
+            return False
+        try:
+            if data:
+                self.bytes_in += len(data)
+                frames = self._decoder.feed(data)
+            else:
+                self._eof = True
+                frames = self._decoder.eof()
+        except FramingError as exc:
+            self._fail_locked(f"bad data from the subprocess: {exc}")
+            return False
+        if self._closed:
+            return True
+        if deliver and self._active:
+            owner = self._owner
+            for frame in frames:
+                otp.post(owner, PortData(self, frame))
+        else:
+            self._pending.extend(frames)
+        return True
 
     def _after_eof(self) -> None:
         if self._watching:
