@@ -58,9 +58,16 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._circuits: dict[str, _Circuit] = {}  # guarded by _lock
+        # The commands that have a circuit, republished (a new frozenset) under _lock whenever
+        # one is added or dropped: every call checks it, and for the usual command (no failure
+        # on record) that one read, without the lock, is all there is to do. A concurrent
+        # failure it does not see yet is one the call raced, and either order is a valid one.
+        self._tracked: frozenset[str] = frozenset()
 
     def before(self, command: str) -> None:
         """Raise `CircuitOpen` if `command` may not run now."""
+        if command not in self._tracked:
+            return
         with self._lock:
             c = self._circuits.get(command)
             if c is None or c.opened_at is None:
@@ -71,12 +78,18 @@ class CircuitBreaker:
             c.trial_running = True  # half-open: this caller is the trial
 
     def success(self, command: str) -> None:
+        if command not in self._tracked:
+            return
         with self._lock:
-            self._circuits.pop(command, None)
+            if self._circuits.pop(command, None) is not None:
+                self._tracked = frozenset(self._circuits)
 
     def failure(self, command: str) -> None:
         with self._lock:
-            c = self._circuits.setdefault(command, _Circuit())
+            c = self._circuits.get(command)
+            if c is None:
+                c = self._circuits[command] = _Circuit()
+                self._tracked = frozenset(self._circuits)
             c.failures += 1
             c.trial_running = False
             if c.failures >= self.failure_threshold:

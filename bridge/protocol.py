@@ -67,23 +67,24 @@ def request(
     Raises `WorkerError` for an error reply, `BadReply` for garbage, and the port's
     `PortTimeout` / `PortClosed` when the worker is slow or gone.
     """
-    payload = {"id": request_id, "command": command, "args": args, "session_id": session_id}
     try:
-        frame = codec.encode(payload)
+        frame = codec.encode({"id": request_id, "command": command, "args": args, "session_id": session_id})
     except CodecError as exc:
         raise TypeError(f"arguments of {command!r} cannot be encoded with {codec.name}: {exc}") from None
     port.command(frame)
     reply = _decode(port, codec, port.recv(timeout))
-    if reply.get("id") != request_id:
+    if reply["id"] != request_id:
         # An answer to an older request could only come from a call that timed out on this
         # worker, and such workers are replaced: the stream is not what we think it is.
         raise BadReply(
-            f"reply {reply.get('id')!r} does not answer request {request_id}",
+            f"reply {reply['id']!r} does not answer request {request_id}",
             port=port.name, os_pid=port.os_pid, stderr_tail=port.stderr_tail,
         )
-    if reply.get("ok") is True:
+    if reply["ok"] is True:
         return reply.get("result")
     error = reply.get("error") or {}
+    if not isinstance(error, dict):  # a malformed error reply still reaches the caller as one
+        error = {"message": repr(error)}
     raise WorkerError(
         str(error.get("type", "Error")), str(error.get("message", "")), str(error.get("traceback", "")),
         command=command, worker_id=worker_id,
@@ -95,6 +96,6 @@ def _decode(port: Port, codec: Codec, data: bytes) -> dict[str, Any]:
         reply = codec.decode(data)
     except CodecError as exc:
         raise BadReply(f"undecodable reply: {exc}", port=port.name, os_pid=port.os_pid, stderr_tail=port.stderr_tail) from None
-    if not isinstance(reply, dict) or "id" not in reply or "ok" not in reply:
+    if reply.__class__ is not dict or "id" not in reply or "ok" not in reply:
         raise BadReply(f"not a reply: {reply!r:.200}", port=port.name, os_pid=port.os_pid, stderr_tail=port.stderr_tail)
     return reply

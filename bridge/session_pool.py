@@ -154,8 +154,45 @@ def _start_failure_text(config: SessionPoolConfig, reason: Any) -> str:
 _monotonic = time.monotonic
 _EV_CALL_START = ("threadotp", "session_pool", "call", "start")
 _EV_CALL_STOP = ("threadotp", "session_pool", "call", "stop")
-# Skipping an event nobody listens to saves building it on every call.
+_EV_CALL_EXCEPTION = ("threadotp", "session_pool", "call", "exception")
+# Skipping events nobody listens to saves building them (and their metadata) on every call.
 _listening = telemetry.listening
+
+
+class _Failed:
+    """What a call's checkout function returns when the call failed (a result is returned
+    as is): the outcome, for stats and telemetry, and the error the caller gets."""
+
+    __slots__ = ("outcome", "error")
+
+    def __init__(self, outcome: str, error: BaseException) -> None:
+        self.outcome = outcome
+        self.error = error
+
+
+def _runner(
+    command: str, args: Any, session_id: Any, timeout: float | None, seen: dict[str, Any] | None
+) -> Any:
+    """The function a call runs with its checked-out worker, in the caller's thread.
+
+    Returns ``(result or _Failed, checkin_state)``; ``"broken"`` makes the pool replace the
+    worker. `seen`, when the call is observed, receives the grant time and the worker id.
+    """
+
+    def run(from_: Any, handle: WorkerHandle) -> tuple[Any, str]:
+        if seen is not None:
+            seen["granted"] = _monotonic()
+            seen["worker_id"] = handle.worker_id
+        try:
+            return handle.call(command, args, session_id, timeout, from_[0]), "ok"
+        except WorkerError as exc:
+            return _Failed("handler_error", exc), "ok"
+        except PortTimeout as exc:
+            return _Failed("worker_failure", CallTimeout(command, timeout, handle.worker_id, exc)), "broken"
+        except PortError as exc:
+            return _Failed("worker_failure", WorkerCrashed(command, handle.worker_id, exc)), "broken"
+
+    return run
 
 
 def _short(reason: Any) -> str:
@@ -582,53 +619,43 @@ class SessionPool:
         return self._execute(("session", session_id), session_id, command, args, timeout)
 
     def _execute(self, checkout_cmd: Any, session_id: Any, command: str, args: Any, timeout: float | None) -> Any:
-        if not isinstance(command, str):
+        if command.__class__ is not str and not isinstance(command, str):
             raise TypeError(f"command must be a str, got {command!r}")
-        timeout = self.config.call_timeout if timeout is None else timeout
-        meta = {"pool": self.name, "command": command, "session_id": session_id, "worker_id": None}
-        metrics = self._shared.metrics
+        if timeout is None:
+            timeout = self.config.call_timeout
         try:
             self._breaker.before(command)
         except CircuitOpen:
-            metrics.record("refused")
+            self._shared.metrics.record("refused")
             raise
         started = _monotonic()
-        if _listening(_EV_CALL_START):
-            telemetry.execute(_EV_CALL_START, {"monotonic_time": started}, meta)
-        box: dict[str, float] = {}
-
-        def run(from_: Any, handle: WorkerHandle) -> tuple[Any, Any]:
-            box["granted"] = _monotonic()
-            meta["worker_id"] = handle.worker_id
-            try:
-                return (("ok", handle.call(command, args, session_id, timeout)), "ok")
-            except WorkerError as exc:
-                return (("handler_error", exc), "ok")
-            except PortTimeout as exc:
-                return (("worker_failure", CallTimeout(command, timeout, handle.worker_id, exc)), "broken")
-            except PortError as exc:
-                return (("worker_failure", WorkerCrashed(command, handle.worker_id, exc)), "broken")
-
+        seen: dict[str, Any] | None = None
+        if _listening(_EV_CALL_START, _EV_CALL_STOP, _EV_CALL_EXCEPTION):
+            seen = {"worker_id": None}
+            telemetry.execute(_EV_CALL_START, {"monotonic_time": started}, self._meta(command, session_id, seen))
         try:
-            outcome, value = self._pool_now().checkout(checkout_cmd, run, timeout=self.config.checkout_timeout)
+            value = pool.checkout(
+                self._pool_now(), checkout_cmd, _runner(command, args, session_id, timeout, seen),
+                self.config.checkout_timeout,
+            )
         except otp.ProcessExit as exc:
             if not _pool_gone(exc.reason):
                 raise  # this caller's own exit, not the pool's: let it travel
             error = PoolUnavailable(self.name, exc.reason[0])
-            self._finish(meta, started, box, "refused", error)
+            self._finish(command, session_id, started, seen, "refused", error)
             raise error from None
         except BaseException as exc:
-            self._finish(meta, started, box, "refused", exc)
+            self._finish(command, session_id, started, seen, "refused", exc)
             raise
-        if outcome == "ok" and not _listening(_EV_CALL_STOP):
-            # `_finish` for a success nobody listens to: the same bookkeeping, fewer steps.
-            self._breaker.success(command)
-            metrics.record_ok(_monotonic() - started)
+        if value.__class__ is not _Failed:
+            if seen is None:  # `_finish` for a success nobody observes: the same, fewer steps
+                self._breaker.success(command)
+                self._shared.metrics.record_ok(_monotonic() - started)
+            else:
+                self._finish(command, session_id, started, seen, "ok", None)
             return value
-        self._finish(meta, started, box, outcome, value if outcome != "ok" else None)
-        if outcome == "ok":
-            return value
-        raise value
+        self._finish(command, session_id, started, seen, value.outcome, value.error)
+        raise value.error
 
     def _pool_now(self) -> pool.Pool:
         """A handle on the running pool by its pid, which caches the pool's state (no name
@@ -643,18 +670,27 @@ class SessionPool:
         self._pool_by_pid = by_pid = pool.Pool(pid)
         return by_pid
 
-    def _finish(self, meta: dict[str, Any], started: float, box: dict[str, float], outcome: str, error: BaseException | None) -> None:
-        duration = time.monotonic() - started
-        queue_time = box.get("granted", time.monotonic()) - started
-        measurements = {"duration": duration, "queue_time": queue_time}
-        command = meta["command"]
+    def _meta(self, command: str, session_id: Any, seen: dict[str, Any]) -> dict[str, Any]:
+        return {"pool": self.name, "command": command, "session_id": session_id, "worker_id": seen["worker_id"]}
+
+    def _finish(
+        self, command: str, session_id: Any, started: float, seen: dict[str, Any] | None, outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        """Stats, circuit and (if observed) telemetry for a finished call."""
+        now = _monotonic()
+        duration = now - started
         if outcome == "ok":
             self._breaker.success(command)
-            telemetry.execute(_EV_CALL_STOP, measurements, meta)
-        else:
-            if outcome != "refused" or isinstance(error, CallTimeout):
-                self._breaker.failure(command)
-            telemetry.execute(["threadotp", "session_pool", "call", "exception"], measurements, {**meta, "kind": outcome, "reason": error})
+        elif outcome != "refused" or isinstance(error, CallTimeout):
+            self._breaker.failure(command)
+        if seen is not None:
+            measurements = {"duration": duration, "queue_time": seen.get("granted", now) - started}
+            meta = self._meta(command, session_id, seen)
+            if outcome == "ok":
+                telemetry.execute(_EV_CALL_STOP, measurements, meta)
+            else:
+                telemetry.execute(_EV_CALL_EXCEPTION, measurements, {**meta, "kind": outcome, "reason": error})
         self._shared.metrics.record(outcome, duration if outcome in ("ok", "handler_error") else None)
 
     # -- observation and lifecycle ------------------------------------------------------------

@@ -78,7 +78,7 @@ class WorkerHandle:
     codec: Codec
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     started_at: float = attrs.field(factory=time.monotonic)
-    _next_id: int = 1
+    _last_id: int = 0  # of the last request sent; guarded by `lock`
     calls: int = 0
     broken: BaseException | None = None
 
@@ -88,26 +88,29 @@ class WorkerHandle:
         args: list[Any] | dict[str, Any] | None = None,
         session_id: Any = None,
         timeout: float | None = 5.0,
+        caller: otp.Pid | None = None,
     ) -> Any:
         """One request/reply on this worker, in the caller's thread.
 
         Raises `WorkerError` for a handler error (the worker stays usable), and `PortTimeout`,
         `PortClosed` or `BadReply` when the worker itself failed (it is marked broken: a pool
-        must replace it, since a late reply could otherwise reach the next caller).
+        must replace it, since a late reply could otherwise reach the next caller). `caller`
+        is the calling process's pid, when the caller has it at hand.
         """
-        me = otp.self()
-        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+        me = otp.self() if caller is None else caller
+        lock = self.lock
+        if not lock.acquire(False) and not lock.acquire(timeout=-1 if timeout is None else timeout):
             raise PortTimeout(f"worker {self.worker_id} stayed busy for {timeout} s", port=self.port.name)
         try:
             if self.broken is not None:
                 raise PortClosed(f"worker {self.worker_id} is broken: {self.broken}", port=self.port.name)
-            self.port.connect(me)
+            port = self.port
+            port.connect(me)
             try:
-                request_id = self._next_id
-                self._next_id += 1
+                self._last_id = request_id = self._last_id + 1
                 self.calls += 1
                 return request(
-                    self.port, self.codec, request_id, command, [] if args is None else args,
+                    port, self.codec, request_id, command, [] if args is None else args,
                     session_id, timeout, self.worker_id,
                 )
             except WorkerError:
@@ -118,24 +121,26 @@ class WorkerHandle:
             finally:
                 self._give_back()
         finally:
-            self.lock.release()
+            lock.release()
 
     def _give_back(self) -> None:
+        port = self.port
         try:
-            self.port.connect(self.actor)
+            running = port.connect(self.actor)
         except PortError as exc:
             # The actor died while we held the port: the worker cannot go back to the pool.
             self.broken = self.broken or exc
-            self.port.close()
-        if not self.port.alive:
+            port.close()
+            running = port.alive
+        if not running:
             # The subprocess died during or right after the call. Its PortExit may have come to
             # us (drop it) rather than to the actor, so the actor may never learn of it: mark
             # the worker broken here, and the pool replaces it at checkin.
             self.broken = self.broken or PortClosed(
-                f"worker {self.worker_id} exited", port=self.port.name, os_pid=self.port.os_pid,
-                status=self.port.info().status, stderr_tail=self.port.stderr_tail,
+                f"worker {self.worker_id} exited", port=port.name, os_pid=port.os_pid,
+                status=port.info().status, stderr_tail=port.stderr_tail,
             )
-            otp.receive(lambda m: m.__class__ is PortExit and m.port is self.port, timeout=0)
+            otp.receive(lambda m: m.__class__ is PortExit and m.port is port, timeout=0)
 
 
 @attrs.define
@@ -263,8 +268,7 @@ def _health_ping(handle: WorkerHandle, timeout: float) -> BaseException | None:
     try:
         if handle.broken is not None:
             return handle.broken
-        request_id = handle._next_id
-        handle._next_id += 1
+        handle._last_id = request_id = handle._last_id + 1
         request(handle.port, handle.codec, request_id, "ping", [], None, timeout, handle.worker_id)
         return None
     except (PortError, WorkerError) as exc:
