@@ -88,6 +88,18 @@ class TestFraming:
         assert port.wait_closed(10)
 
 
+    def test_a_frame_larger_than_the_pipe_is_written_as_the_child_reads(self) -> None:
+        # Active, so that the I/O thread drains cat's output while we are still writing.
+        port = Port.open(["cat"])
+        big = os.urandom(3 * 1024 * 1024)  # far beyond a pipe's 64 KiB: many partial writes
+        port.command(big)
+        port.command(b"after")
+        assert data_msg(port, 10) == big
+        assert data_msg(port, 10) == b"after"
+        assert port.info().bytes_out == len(big) + 4 + len(b"after") + 4
+        closed(port)
+
+
 class TestExitAndStderr:
     def test_exit_status_arrives_after_the_data(self) -> None:
         port = Port.open(py('import os; os.write(1, (2).to_bytes(4, "big") + b"hi"); raise SystemExit(7)'))
@@ -203,6 +215,35 @@ class TestOwnership:
             port.command(b"late")
         assert port.wait_closed(10)
         assert otp.receive(PortExit, timeout=0.05) is otp.TIMEOUT, "no message after close"
+
+
+    def test_connect_returns_true_while_the_child_runs_and_refuses_once_closed(self) -> None:
+        port = Port.open(["sh", "-c", "head -c 1 >/dev/null; exit 3"], active=False)
+        helper = otp.spawn(lambda: otp.receive("stop"))
+        assert port.connect(helper) is True
+        assert port.connect(otp.self()) is True
+        port.command(b"go")
+        assert exit_msg(port).status == 3
+        with pytest.raises(PortClosed):
+            port.connect(helper)  # the exit was reported: the port is closed
+        otp.send(helper, "stop")
+
+    def test_a_writer_blocked_on_a_child_that_never_reads_is_killable(self) -> None:
+        me = otp.self()
+
+        def writer() -> None:
+            port = Port.open(["sleep", "30"], active=False, close_timeout=0.2)
+            otp.send(me, port)
+            port.command(b"x" * (4 * 1024 * 1024))  # the pipe fills; nobody reads it
+
+        pid, ref = otp.spawn_monitor(writer)
+        port = otp.receive(lambda m: isinstance(m, Port), timeout=5)
+        assert otp.receive(otp.ANY, timeout=0.3) is otp.TIMEOUT, "still writing: the pipe is full"
+        otp.exit(pid, "kill")
+        assert otp.receive(otp.Down, timeout=5).reason == "killed"
+        assert port.wait_closed(10), "the owner's death closed the port despite the pending write"
+        pid._proc.thread.join(5)
+        assert not pid._proc.thread.is_alive()
 
 
 class TestPassive:
