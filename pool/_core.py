@@ -123,6 +123,7 @@ class Config:
     max_idle_pings: int | None
     min_ready: int
     start_timeout: float
+    max_start_failures: int | None
     worker_max_age: float | None
     max_checkouts: int | None
     backoff_initial: float
@@ -473,6 +474,10 @@ class Core:
         except UnknownCommand as exc:
             req.value = exc.with_context(self.pid, self.accepted)
             return False
+        if result.__class__ is tuple and len(result) == 3 and result[0] == "ok":  # every checkout
+            self.pool_state = result[2]
+            req.wrapped = result[1]
+            return True
         match result:
             case ("ok", wrapped, pool_state):
                 self.pool_state = pool_state
