@@ -223,6 +223,7 @@ def validate(worker: Any, options: dict[str, Any]) -> Config:
         "name",
         "min_ready",
         "start_timeout",
+        "max_start_failures",
         "worker_max_age",
         "max_checkouts",
         "backoff_initial",
@@ -290,6 +291,9 @@ def validate(worker: Any, options: dict[str, Any]) -> Config:
         max_idle_pings=_count("max_idle_pings", options.get("max_idle_pings"), allow_none=True),
         min_ready=min_ready,
         start_timeout=start_timeout,
+        max_start_failures=_count(
+            "max_start_failures", options.get("max_start_failures"), allow_none=True
+        ),
         worker_max_age=_number("worker_max_age", options.get("worker_max_age"), allow_none=True),
         max_checkouts=_count("max_checkouts", options.get("max_checkouts"), allow_none=True),
         backoff_initial=backoff_initial,
@@ -314,6 +318,7 @@ def start_link(
     name: Any = None,
     min_ready: int | Literal["all"] | None = None,
     start_timeout: float = 5.0,
+    max_start_failures: int | None = None,
     worker_max_age: float | None = None,
     max_checkouts: int | None = None,
     backoff_initial: float = 0.05,
@@ -334,6 +339,10 @@ def start_link(
       returning; eager pools only. Async starts run in parallel. If they are not ready within
       `start_timeout` seconds, raise ``StartError(("min_ready_timeout", ready, min_ready,
       last_init_error))``. `start_timeout` also bounds ``init_pool`` and synchronous starts;
+    * `max_start_failures` - while waiting for `min_ready`, give up once this many worker
+      starts failed in a row (a worker that cannot start at all, say a missing module, fails
+      the start at once instead of after `start_timeout`): ``StartError(("min_ready_failed",
+      ready, min_ready, failures, last_init_error))``. None (default): retry until the timeout;
     * `worker_max_age` (seconds) / `max_checkouts` - recycle a worker between checkouts once it
       is that old / was checked out that many times (``terminate_worker("max_age")`` /
       ``("max_checkouts")``, then a replacement);
@@ -370,6 +379,7 @@ def start_link(
         name=name,
         min_ready=min_ready,
         start_timeout=start_timeout,
+        max_start_failures=max_start_failures,
         worker_max_age=worker_max_age,
         max_checkouts=max_checkouts,
         backoff_initial=backoff_initial,
@@ -614,6 +624,12 @@ def _wait_ready(core: Core, me: Process, parent: Pid | None, deadline: float) ->
             _handle(core, msg, parent)
         except Stop as stop:
             raise _StartFailed(stop.reason) from None
+        limit = core.config.max_start_failures
+        if limit is not None:
+            with core.lock:
+                failures, ready, last = core.failures, len(core.idle) + core.held, core.last_init_error
+            if failures >= limit and ready < want:
+                raise _StartFailed(("min_ready_failed", ready, want, failures, last))
 
 
 def _run(core: Core, me: Process, parent: Pid | None) -> Any:

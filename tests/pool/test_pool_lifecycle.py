@@ -138,6 +138,25 @@ class TestMinReady:
         assert pool.stats(p).idle == 1
         pool.stop(p)
 
+    def test_max_start_failures_in_a_row_end_the_wait_at_once(self) -> None:
+        with pytest.raises(otp.StartError) as info:
+            # Without the limit this would wait the full minute.
+            start(then="async_fail", pool_size=2, min_ready="all", start_timeout=60,
+                  max_start_failures=3, backoff_initial=0.001)
+        tag, ready, wanted, failures, last = info.value.reason
+        assert (tag, ready, wanted, failures) == ("min_ready_failed", 0, 2, 3)
+        assert isinstance(last, RuntimeError) and "async init 3 failed" in str(last)
+
+    def test_a_success_resets_the_count_of_failures_in_a_row(self) -> None:
+        p = start(["async_fail", "async_fail", "ok", "async_fail", "async_fail", "ok"], pool_size=2,
+                  min_ready="all", max_start_failures=3, backoff_initial=0.001)
+        assert pool.stats(p).idle == 2
+        pool.stop(p)
+
+    def test_max_start_failures_is_validated(self) -> None:
+        with pytest.raises(ValueError, match="max_start_failures must be a positive integer"):
+            start(pool_size=1, max_start_failures=0)
+
     @pytest.mark.parametrize("bad", [-1, 3, "some", 1.5])
     def test_min_ready_is_validated(self, bad: Any) -> None:
         with pytest.raises(ValueError, match="min_ready must be"):
