@@ -143,6 +143,9 @@ def _start_failure_text(config: SessionPoolConfig, reason: Any) -> str:
             if last is None:
                 return head
             detail = last
+        case ("failed_to_start_child", "pool", ("min_ready_failed", ready, want, failures, last)):
+            head += f": {ready} of {want} workers ready; {failures} worker starts failed in a row"
+            detail = last
         case ("failed_to_start_child", child, why):
             head += f": its child {child!r} failed to start"
             detail = why
@@ -216,6 +219,7 @@ class SessionPoolConfig:
     init_timeout: float = 10.0
     close_timeout: float = 2.0
     start_timeout: float = 30.0
+    max_start_failures: int | None = None  # None: pool_size
     worker_idle_timeout: float | None = None
     max_restarts: int = 10
     max_seconds: float = 10.0
@@ -403,9 +407,9 @@ class _SessionWorker(pool.PoolWorker):
         return ("async", boot, ps)
 
     def handle_enqueue(self, command: Any, ps: _PoolState) -> Any:
+        if command == "anonymous":
+            return ("ok", command, ps)
         match command:
-            case "anonymous":
-                return ("ok", command, ps)
             case ("session", session_id) if _hashable(session_id):
                 return ("ok", command, ps)
         # Refused here, in the caller: an unhashable session id reaching handle_checkout would
@@ -559,7 +563,9 @@ class SessionPool:
 
         Options: `codec`, `checkout_timeout` (waiting for a worker), `call_timeout` (default for
         calls), `init_timeout` (a worker's first ping), `close_timeout`, `start_timeout` (all
-        workers ready), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
+        workers ready), `max_start_failures` (worker starts that may fail in a row before the
+        start gives up; default pool_size, so a worker that cannot start at all, say a handler
+        module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
         (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
         `cwd`. Raises `otp.StartError` when the workers do not come up (with their stderr).
         """
@@ -585,6 +591,7 @@ class SessionPool:
             pool.child_spec(
                 _SessionWorker, shared, id="pool", name=(name, "pool"), pool_size=pool_size,
                 min_ready="all", start_timeout=config.start_timeout,
+                max_start_failures=config.max_start_failures or pool_size,
                 worker_idle_timeout=config.worker_idle_timeout, shutdown=config.close_timeout * 3 + 2.0,
             ),
         ]
