@@ -313,8 +313,9 @@ class Port:
     def connect(self, pid: otp.Pid) -> bool:
         """Make `pid` the owner. Raises `PortError` if `pid` is dead (the owner is unchanged).
 
-        Returns whether the subprocess is still running. When it is not, its `PortExit` may
-        already be in the previous owner's mailbox.
+        Returns whether the subprocess is still running: False in the moment between its exit
+        and the port's closing, when its `PortExit` may already be in the previous owner's
+        mailbox. A closed port raises `PortClosed`.
         """
         problem = None
         with self._lock:
