@@ -1,32 +1,37 @@
 """The bridge against the raw pipe and the stdlib/third-party process pools: issue 5's figures.
 
-Run: ``python benchmarks/bench_bridge.py [--quick] [--no-pin] [--json]`` (about 20 s; quick
-about 5 s). Every figure is measured side by side with its baseline, in interleaved rounds,
-reduced with the median. Everything uses the same ~100-byte payload (103 bytes in msgpack) and
-the default codec (msgpack), and every worker runs on this interpreter (``sys.executable``):
+Run: ``python benchmarks/bench_bridge.py [--quick] [--placement P]... [--json]`` (about 30 s;
+quick about 6 s). Every figure is measured side by side with its baseline, in interleaved
+rounds, reduced with the median. Everything uses the same ~100-byte payload (103 bytes in
+msgpack) and the default codec (msgpack), and every worker runs on this interpreter
+(``sys.executable``):
 
-* **round trip, 1 client** — ``SessionPool.execute_anonymous("echo", [payload])`` on a
-  1-worker pool against :class:`raw_pipe.RawWorker` (packet-4 frames written and read by the
-  calling thread, no actor in between) to the same worker program;
-* **the same call through other process pools** — ``ProcessPoolExecutor.submit().result()``,
+* **round trip, 1 client** - ``SessionPool.execute_anonymous("echo", [payload])`` on a
+  1-worker pool against a :class:`raw_pipe.RawPipe` round trip (packet-4 frames written and
+  read by the calling thread, no actor in between) to *the same worker subprocess*: two worker
+  processes on one CPU can differ by 2x in speed, from where their memory happens to lie, so a
+  separate raw worker would make the ratio a lottery;
+* **the same call through other process pools** - ``ProcessPoolExecutor.submit().result()``,
   ``multiprocessing.Pool.apply``, loky's and pebble's process pools (1 worker each, default
   start method, warmed up) calling the same ``bridge.examples.echo`` function; each pool is
   measured against ours on its own (the others' helper threads would tax the CPU meanwhile),
-  and the goal compares ours to the fastest;
-* **throughput, 4 workers x 8 client threads** — a 4-worker pool against 4 raw pipes driven by
+  and the last row compares ours to the fastest;
+* **throughput, 4 workers x 8 client threads** - a 4-worker pool against 4 raw pipes driven by
   the same 8 threads, each pipe guarded by a lock (thread ``i`` uses pipe ``i % 4``);
-* **pool ready, 8 workers** — ``SessionPool.start(pool_size=8)`` until it returns (every worker
+* **pool ready, 8 workers** - ``SessionPool.start(pool_size=8)`` until it returns (every worker
   answered its first ping) against 8 raw workers spawned at once until each answered a ping;
-* **kill -> replacement ready** — SIGKILL one worker subprocess of an idle pool and wait for the
+* **kill -> replacement ready** - SIGKILL one worker subprocess of an idle pool and wait for the
   pool's ``["pool", "worker", "init", "stop"]`` event (a NEW worker answered its first ping;
   the pool is checked to be back at full size) against one raw spawn-to-first-ping.
 
-The round-trip figures run pinned to one CPU (the caller, the pool's threads, every worker
-subprocess, the other pools' helper threads and workers): on a small VM a wake-up across CPUs
-costs ~8 us or ~70 us at random, for ours and the baselines alike, which turns unpinned
-per-call ratios into noise (a quick unpinned run has shown the raw pipe at 15 us and at 160 us);
-pinned, they are the CPU cost of a call. ``--no-pin`` shows them unpinned. Throughput, start and
-recovery always use every CPU: parallelism is what they measure.
+The round trips run in each placement (see `PLACEMENTS`): **split** (this process on one CPU,
+every worker subprocess on another: where a caller and its worker run on an idle machine, made
+deterministic) carries the goals; **one-cpu** (everything on one CPU) shows the CPU cost of a
+call, where every microsecond of Python counts twice (the worker's run between request and
+reply evicts the caller's caches); **free** (no pinning) is what a script sees, but the
+scheduler then puts a worker on the caller's CPU or not, call by call, so ours-vs-theirs
+depends on where each pool's worker happened to land. Throughput, start and recovery always use
+every CPU: parallelism is what they measure.
 
 ``run(quick)`` returns the `Result` records; ``threadotp bench`` can import and print them.
 """
@@ -51,7 +56,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewh
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Goal, Result, interleaved, pinned_to_one_cpu, print_table  # noqa: E402
-from raw_pipe import RawWorker, time_to_first_ping  # noqa: E402
+from raw_pipe import RawPipe, RawWorker, time_to_first_ping  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
@@ -121,47 +126,55 @@ def _children() -> list[int]:
     return out
 
 
-_foreign: set[int] = set()  # children that were there before `_pinned`: not ours to pin
+_foreign: set[int] = set()  # children that were there before `_placed`: not ours to pin
+
+#: Where the round trips run. "one-cpu": everything (this process, every worker subprocess,
+#: the other pools' helper threads and workers) on one CPU, so a call costs its CPU time and
+#: nothing else. "split": this process on one CPU and every worker subprocess on another, the
+#: placement a caller and its worker get on an idle machine, made deterministic. "free": no
+#: pinning at all.
+PLACEMENTS = ("split", "one-cpu", "free")
 
 
-def _pin_everything(pin: bool) -> None:
-    """Put every thread of this process and of its new children on the caller's CPU.
+def _place_everything(placement: str, cpus: list[int]) -> None:
+    """Pin every thread of this process, and of the children started since `_placed`.
 
     `pinned_to_one_cpu` pins the calling thread and what it starts from then on; threads and
     subprocesses started earlier (the port I/O thread forks the workers) need this too.
     """
-    if not pin or not hasattr(os, "sched_setaffinity"):
+    if placement == "free" or not hasattr(os, "sched_setaffinity"):
         return
-    cpus = os.sched_getaffinity(0)
-    for pid in [os.getpid(), *(c for c in _children() if c not in _foreign)]:
+    mine = {cpus[0]}
+    theirs = {cpus[1]} if placement == "split" and len(cpus) > 1 else mine
+    for pid, where in [(os.getpid(), mine), *((c, theirs) for c in _children() if c not in _foreign)]:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for tid in tids:
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), cpus)
-
-
-def _unpin_everything(pin: bool, cpus: set[int]) -> None:
-    if not pin or not hasattr(os, "sched_setaffinity"):
-        return
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), cpus)
+                os.sched_setaffinity(int(tid), where)
 
 
 @contextlib.contextmanager
-def _pinned(pin: bool) -> Iterator[None]:
+def _placed(placement: str) -> Iterator[Callable[[], None]]:
+    """Run the block with `placement`; it calls the yielded function once its pools and
+    workers are up (and again for any started later). Afterwards every thread may run on
+    every CPU again."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    if pin:
-        _foreign.clear()
-        _foreign.update(_children())
-    with pinned_to_one_cpu(pin):
+    cpus = sorted(everything)
+    _foreign.clear()
+    _foreign.update(_children())
+    with pinned_to_one_cpu(placement != "free"):
         try:
-            yield
+            yield lambda: _place_everything(placement, cpus)
         finally:
-            _unpin_everything(pin, everything)
+            if placement != "free" and hasattr(os, "sched_setaffinity"):
+                for tid in os.listdir("/proc/self/task"):
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(tid), everything)
 
 
 def _per_call_us(fn: Callable[[], Any], calls: int) -> Callable[[], float]:
@@ -177,35 +190,59 @@ def _per_call_us(fn: Callable[[], Any], calls: int) -> Callable[[], float]:
 # -- round trips --------------------------------------------------------------------------------
 
 
-def _where(pin: bool) -> str:
-    return "pinned to one CPU" if pin else "unpinned"
+_WHERE = {
+    "split": "this process on one CPU, the worker on another",
+    "one-cpu": "everything on one CPU",
+    "free": "unpinned",
+}
 
 
-def round_trip(quick: bool, pin: bool) -> list[Result]:
+@contextlib.contextmanager
+def _raw_on_pool_worker(sp: SessionPool) -> Iterator[RawPipe]:
+    """The raw pipe to the pool's own worker subprocess: the baseline and ours then talk to
+    the very same process (two worker processes on one CPU can differ by 2x in speed, from
+    where their memory happens to lie). The worker's lock is held meanwhile, so neither the
+    pool's clients nor its health pings use those pipes at the same time."""
+    (_, actor), = sp.workers()
+    handle = otp.call(actor, "handle", 5.0)
+    port = handle.port
+    raw = RawPipe(port._stdin_fd, port._stdout_fd, CODEC)
+    raw._next_id = 1 << 40  # the worker only echoes ids; keep ours apart from the pool's anyway
+    handle.lock.acquire()
+    try:
+        yield raw
+    finally:
+        handle.lock.release()
+
+
+def round_trip(quick: bool, placement: str) -> list[Result]:
     rounds, calls = (5, 500) if quick else (21, 2000)
-    with _pinned(pin):
+    with _placed(placement) as place:
         sp = _start_pool("rt", 1)
-        raw = RawWorker(codec=CODEC, handlers=HANDLERS)
         try:
-            _pin_everything(pin)
+            place()
             ours = lambda: sp.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
-            theirs = lambda: raw.call("echo", [PAYLOAD])  # noqa: E731
-            assert ours() == theirs() == PAYLOAD
             for _ in range(300):
                 ours()
-                theirs()
-            t = interleaved(
-                {"ours": _per_call_us(ours, calls), "raw": _per_call_us(theirs, calls)}, rounds
-            )
+            measure_ours = _per_call_us(ours, calls)
+
+            def measure_raw() -> float:
+                with _raw_on_pool_worker(sp) as raw:
+                    return _per_call_us(lambda: raw.call("echo", [PAYLOAD]), calls)()
+
+            with _raw_on_pool_worker(sp) as raw:
+                assert raw.call("echo", [PAYLOAD]) == PAYLOAD
+            assert ours() == PAYLOAD
+            t = interleaved({"ours": measure_ours, "raw": measure_raw}, rounds)
         finally:
-            raw.close()
             sp.stop()
     return [
         Result(
-            f"round trip, 1 client, {'pinned' if pin else 'unpinned'}", t["ours"], t["raw"], "us",
-            Goal.ratio_at_most(1.5), "raw packet-4 pipe",
-            note=f"execute_anonymous('echo', [payload]), 1-worker pool, codec {CODEC}, "
-            f"{_where(pin)}",
+            f"round trip, 1 client, {placement}", t["ours"], t["raw"], "us",
+            Goal.ratio_at_most(1.5) if placement == "split" else None,
+            "raw packet-4 pipe, same worker",
+            note=f"execute_anonymous('echo', [payload]), 1-worker pool, codec {CODEC}; the raw "
+            f"pipe talks to the same worker subprocess; {_WHERE[placement]}",
         ),
     ]
 
@@ -248,7 +285,7 @@ def _start_executor(name: str) -> tuple[Callable[[], Any], Callable[[], None]] |
 EXECUTORS = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky", "pebble")
 
 
-def _vs_process_pools_us(quick: bool, pin: bool) -> dict[str, tuple[float, float]]:
+def _vs_process_pools_us(quick: bool, placement: str) -> dict[str, tuple[float, float]]:
     """name -> (ours, theirs) per-call medians, each pool measured against ours on its own.
 
     One pool at a time: the others' helper threads (result handlers, managers that poll) would
@@ -256,7 +293,7 @@ def _vs_process_pools_us(quick: bool, pin: bool) -> dict[str, tuple[float, float
     """
     rounds, calls = (3, 200) if quick else (11, 500)
     out: dict[str, tuple[float, float]] = {}
-    with _pinned(pin):
+    with _placed(placement) as place:
         sp = _start_pool("pools", 1)
         try:
             ours = lambda: sp.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
@@ -267,7 +304,7 @@ def _vs_process_pools_us(quick: bool, pin: bool) -> dict[str, tuple[float, float
                 call, stop = started
                 try:
                     assert call() == PAYLOAD
-                    _pin_everything(pin)  # its helper threads and its worker process
+                    place()  # its helper threads and its worker process
                     for _ in range(100):
                         ours()
                         call()
@@ -282,10 +319,10 @@ def _vs_process_pools_us(quick: bool, pin: bool) -> dict[str, tuple[float, float
     return out
 
 
-def vs_process_pools(quick: bool, pin: bool) -> list[Result]:
-    """One row per pool, then ours against the fastest of them, with the goal."""
-    t = _vs_process_pools_us(quick, pin)
-    mode = "pinned" if pin else "unpinned"
+def vs_process_pools(quick: bool, placement: str) -> list[Result]:
+    """One row per pool, then ours against the fastest of them (with the goal when split)."""
+    t = _vs_process_pools_us(quick, placement)
+    mode = placement
     results = [
         Result(f"round trip vs {name}, {mode}", ours, theirs, "us", None, name)
         for name, (ours, theirs) in t.items()
@@ -294,9 +331,9 @@ def vs_process_pools(quick: bool, pin: bool) -> list[Result]:
     missing = sorted(set(EXECUTORS) - set(t))
     results.append(
         Result(f"round trip vs the fastest pool, {mode}", *t[fastest], "us",
-               Goal.ratio_at_most(0.33), fastest,
+               Goal.ratio_at_most(0.33) if placement == "split" else None, fastest,
                note=(f"1 worker each, the same echo function, each pool measured against ours "
-                     f"on its own, {_where(pin)}"
+                     f"on its own; {_WHERE[placement]}"
                      + (f"; not installed: {', '.join(missing)}" if missing else ""))),
     )
     return results
@@ -481,12 +518,17 @@ def recovery(quick: bool) -> list[Result]:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def run(quick: bool = False, pin: bool = True) -> list[Result]:
-    """Measure every figure and return the records (in table order)."""
+def run(quick: bool = False, placements: tuple[str, ...] = ("split", "one-cpu")) -> list[Result]:
+    """Measure every figure and return the records (in table order).
+
+    The round trips run in each of `placements`; the goals apply to "split" (see PLACEMENTS).
+    """
     results: list[Result] = []
     with _quiet():
-        results += round_trip(quick, pin)
-        results += vs_process_pools(quick, pin)
+        for placement in placements:
+            results += round_trip(quick, placement)
+        for placement in placements:
+            results += vs_process_pools(quick, placement)
         results += throughput(quick)
         results += start_time(quick)
         results += recovery(quick)
@@ -497,12 +539,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calls (~12 s)")
     parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="round trips on every CPU too"
+        "--placement", action="append", choices=PLACEMENTS,
+        help="where the round trips run (repeatable; default: split and one-cpu)",
     )
     parser.add_argument("--json", action="store_true", help="print the records as JSON")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run(quick=args.quick, pin=args.pin)
+    results = run(quick=args.quick, placements=tuple(args.placement or ("split", "one-cpu")))
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without 
 from bridge.codec import get_codec  # noqa: E402
 from bridge.framing import PacketDecoder, encode_frame  # noqa: E402
 
-__all__ = ["RawWorker", "RemoteError", "time_to_first_ping"]
+__all__ = ["RawPipe", "RawWorker", "RemoteError", "time_to_first_ping"]
 
 
 class RemoteError(Exception):
@@ -45,33 +45,18 @@ class RemoteError(Exception):
         self.traceback = error.get("traceback")
 
 
-class RawWorker:
-    """A worker program in a subprocess, driven synchronously with packet-4 frames.
+class RawPipe:
+    """Packet-4 request/reply over a worker program's pipes, driven from the calling thread.
 
-    Not thread-safe: one caller at a time, which is exactly the raw pipe's best case.
+    Not thread-safe: one caller at a time, which is exactly the raw pipe's best case. Works on
+    any pair of fds, such as those of a worker some pool started (see ``bench_bridge``).
     """
 
-    def __init__(
-        self,
-        codec: str = "json",
-        handlers: Sequence[str] = ("bridge.examples",),
-        worker_id: str | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        cmd = [sys.executable, "-m", "bridge.worker", "--codec", codec]
-        for module in handlers:
-            cmd += ["--handler", module]
-        if worker_id is not None:
-            cmd += ["--worker-id", worker_id]
+    def __init__(self, fd_in: int, fd_out: int, codec: str = "json", timeout: float = 10.0) -> None:
         self.codec = get_codec(codec)
         self.timeout = timeout
-        # stderr is inherited: the examples rarely write to it, and a pipe nobody reads would
-        # eventually block a chatty worker.
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, bufsize=0
-        )
-        self._in = self.proc.stdin.fileno()
-        self._out = self.proc.stdout.fileno()
+        self._in = fd_in
+        self._out = fd_out
         self._decoder = PacketDecoder(4)
         self._frames: deque[bytes] = deque()
         self._next_id = 0
@@ -89,6 +74,44 @@ class RawWorker:
         if reply["ok"]:
             return reply["result"]
         raise RemoteError(reply["error"])
+
+    def _next_frame(self) -> bytes:
+        while not self._frames:
+            # select gives the read a timeout; a port reader pays the same extra syscall.
+            ready, _, _ = select.select([self._out], [], [], self.timeout)
+            if not ready:
+                raise TimeoutError(f"no reply on fd {self._out} within {self.timeout}s")
+            try:
+                chunk = os.read(self._out, 65536)
+            except BlockingIOError:  # a non-blocking fd whose data someone else took
+                continue
+            if not chunk:
+                raise EOFError(f"the worker on fd {self._out} exited")
+            self._frames.extend(self._decoder.feed(chunk))
+        return self._frames.popleft()
+
+
+class RawWorker(RawPipe):
+    """A worker program in a subprocess of its own, driven with :class:`RawPipe`."""
+
+    def __init__(
+        self,
+        codec: str = "json",
+        handlers: Sequence[str] = ("bridge.examples",),
+        worker_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        cmd = [sys.executable, "-m", "bridge.worker", "--codec", codec]
+        for module in handlers:
+            cmd += ["--handler", module]
+        if worker_id is not None:
+            cmd += ["--worker-id", worker_id]
+        # stderr is inherited: the examples rarely write to it, and a pipe nobody reads would
+        # eventually block a chatty worker.
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, bufsize=0
+        )
+        super().__init__(self.proc.stdin.fileno(), self.proc.stdout.fileno(), codec, timeout)
 
     def close(self) -> int:
         """Stop the worker (``shutdown``, then EOF, then kill), reap it and return its status."""
@@ -114,18 +137,6 @@ class RawWorker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _next_frame(self) -> bytes:
-        while not self._frames:
-            # select gives the read a timeout; a port reader pays the same extra syscall.
-            ready, _, _ = select.select([self._out], [], [], self.timeout)
-            if not ready:
-                raise TimeoutError(f"no reply from worker {self.proc.pid} within {self.timeout}s")
-            chunk = os.read(self._out, 65536)
-            if not chunk:
-                raise EOFError(f"worker {self.proc.pid} exited (status {self.proc.poll()})")
-            self._frames.extend(self._decoder.feed(chunk))
-        return self._frames.popleft()
 
 
 def time_to_first_ping(
