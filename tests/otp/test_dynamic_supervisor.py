@@ -10,6 +10,7 @@ import pytest
 
 import otp
 from otp import ANY, TIMEOUT, Down, DynamicSupervisor, chaos
+from otp.testing import wait_down
 
 
 class Worker(otp.GenServer):
@@ -34,12 +35,6 @@ class Worker(otp.GenServer):
 
 def worker(name: str, **spec: Any) -> dict[str, Any]:
     return {"id": name, "start": (Worker.start_link, ((name, otp.self()),)), **spec}
-
-
-def wait_down(ref: otp.Ref, timeout: float = 5.0) -> Down:
-    msg = otp.receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout=timeout)
-    assert msg is not TIMEOUT, "no Down arrived"
-    return msg
 
 
 def make_exit(pid: otp.Pid, reason: Any) -> Down:

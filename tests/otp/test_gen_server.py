@@ -12,13 +12,8 @@ import pytest
 from loguru import logger
 
 import otp
-from otp import ANY, TIMEOUT, BadReturn, Down, Exit, GenServer, ProcessExit, StartError
-
-
-def wait_down(ref: otp.Ref, timeout: float = 5.0) -> Down:
-    msg = otp.receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout=timeout)
-    assert msg is not TIMEOUT, "no Down arrived"
-    return msg
+from otp import ANY, TIMEOUT, BadReturn, Exit, GenServer, ProcessExit, StartError
+from otp.testing import wait_down
 
 
 def exit_reason_of(fn: Callable[..., Any], *args: Any) -> Any:

@@ -9,12 +9,7 @@ import pytest
 
 import otp
 from otp import ANY, TIMEOUT, Down, Exit
-
-
-def wait_down(ref: otp.Ref, timeout: float = 5.0) -> Down:
-    msg = otp.receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout=timeout)
-    assert msg is not TIMEOUT, "no Down arrived"
-    return msg
+from otp.testing import wait_down
 
 
 def blocker() -> None:

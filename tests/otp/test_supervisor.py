@@ -22,6 +22,7 @@ from otp.supervisor import (
     child_spec,
     restart_decision,
 )
+from otp.testing import wait_down
 
 STRATEGIES = ["one_for_one", "one_for_all", "rest_for_one"]
 
@@ -56,12 +57,6 @@ class Worker(otp.GenServer):
 
 def worker(name: str, **spec: Any) -> dict[str, Any]:
     return {"id": name, "start": (Worker.start_link, ((name, otp.self()),)), **spec}
-
-
-def wait_down(ref: otp.Ref, timeout: float = 5.0) -> Down:
-    msg = otp.receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout=timeout)
-    assert msg is not TIMEOUT, "no Down arrived"
-    return msg
 
 
 def next_event(kind: str, timeout: float = 5.0) -> tuple[Any, ...]:

@@ -10,14 +10,9 @@ from typing import Any
 import pytest
 
 import otp
-from otp import ANY, TIMEOUT, Down, Exit, ProcessExit, Task
+from otp import ANY, TIMEOUT, Exit, ProcessExit, Task
 from otp.task import async_nolink
-
-
-def wait_down(ref: otp.Ref, timeout: float = 5.0) -> Down:
-    msg = otp.receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout=timeout)
-    assert msg is not TIMEOUT, "no Down arrived"
-    return msg
+from otp.testing import wait_down
 
 
 def expect(pattern: Any, timeout: float = 5.0) -> Any:
