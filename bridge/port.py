@@ -39,7 +39,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -163,8 +163,17 @@ class Port:
         close_timeout: float = 2.0,
         active: bool = True,
         tags: dict[str, Any] | None = None,
+        pass_fds: Sequence[int] = (),
+        spawn: Callable[[Any], Any] | None = None,
     ) -> Port:
         """Start `argv` as a subprocess owned by the calling process.
+
+        `pass_fds` are kept open in the child (as `subprocess.Popen`'s). `spawn` starts the
+        child some other way, such as a fork of a warm zygote (`bridge.zygote_actor`): it is
+        called with the stderr target (``subprocess.PIPE``, ``STDOUT``, ``DEVNULL`` or None)
+        and returns a handle like a `subprocess.Popen`'s (``pid``, ``stdin``, ``stdout``,
+        ``stderr``, ``wait(timeout)``) for a child that has those pipes; `argv` then only names
+        the port.
 
         Raises `ValueError` for bad options (``stderr="merge"`` with a packet mode, an unknown
         framing) and `PortError` if the program cannot be started.
@@ -181,10 +190,14 @@ class Port:
             "inherit": None, "devnull": subprocess.DEVNULL,
         }[stderr]
         try:
-            popen = service().spawn(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_target,
-                env=child_env, cwd=cwd, bufsize=0, close_fds=True, process_group=0,
-            )
+            if spawn is None:
+                popen = service().spawn(
+                    self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_target,
+                    env=child_env, cwd=cwd, bufsize=0, close_fds=True, process_group=0,
+                    pass_fds=tuple(pass_fds),
+                )
+            else:
+                popen = spawn(stderr_target)
         except OSError as exc:
             raise PortError(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self._popen = popen
@@ -199,7 +212,12 @@ class Port:
         self._stdout_fd = self._stdout.fileno()
         os.set_blocking(self._stdout_fd, False)
         os.set_blocking(self._stdin_fd, False)
-        self._pidfd = os.pidfd_open(popen.pid)
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except ProcessLookupError:
+            # A child that is not ours (a zygote's) can be gone and reaped already: a readable
+            # eventfd stands in for its pidfd, and its status comes from `wait` as usual.
+            self._pidfd = os.eventfd(1, os.EFD_CLOEXEC)
         if not otp.add_death_hook(owner, self._death_hook):
             self.close()
             raise PortError("port owner died while the port was opening", port=self.name, os_pid=self.os_pid)
@@ -370,24 +388,23 @@ class Port:
 
     def _recv_ready(self) -> bytes | None:
         """A frame that is pending or already in the pipe, else None (the loop decides why)."""
-        with self._read_lock:
-            with self._lock:
-                if self._active or self._failure is not None:
+        with self._read_lock, self._lock:
+            if self._active or self._failure is not None:
+                return None
+            pending = self._pending
+            if not pending:
+                if self._eof or self._closed:
                     return None
-                pending = self._pending
-                if not pending:
-                    if self._eof or self._closed:
-                        return None
-                    try:  # non-blocking: holding the locks costs no wait
-                        data = os.read(self._stdout_fd, 65536)
-                    except (BlockingIOError, InterruptedError):
-                        return None
-                    except (OSError, ValueError):
-                        return None
-                    if not data or not self._absorb_locked(data, deliver=False):
-                        return None  # EOF stays readable: the loop's read handles it
-                if pending:
-                    return pending.popleft()
+                try:  # non-blocking: holding the locks costs no wait
+                    data = os.read(self._stdout_fd, 65536)
+                except (BlockingIOError, InterruptedError):
+                    return None
+                except (OSError, ValueError):
+                    return None
+                if not data or not self._absorb_locked(data, deliver=False):
+                    return None  # EOF stays readable: the loop's read handles it
+            if pending:
+                return pending.popleft()
         return None
 
     def _recv_loop(self, deadline: float | None, timeout: float | None) -> bytes:
@@ -622,8 +639,14 @@ class Port:
         service().unwatch_now(self._pidfd)
         try:
             status = self._popen.wait(0)
-        except subprocess.TimeoutExpired:  # pidfd readable means exited; be safe anyway
-            service().call_later(0.01, self._on_child_exit)
+        except subprocess.TimeoutExpired:
+            # Exited, but its status is not known yet: a zygote's child, whose status comes
+            # from the zygote that reaps it. Ask again as soon as it is known.
+            notify = getattr(self._popen, "notify_exit", None)
+            if notify is not None:
+                notify(lambda: service().call_soon(self._on_child_exit))
+            else:
+                service().call_later(0.001, self._on_child_exit)
             return
         with self._lock:
             self._status = status
@@ -680,13 +703,16 @@ class Port:
         self._finished.set()
 
     def _signal(self, sig: int) -> None:
+        # Through the pidfd, under the lock that `_maybe_finish` closes it after: never a
+        # signal to another process that got the pid since (a zygote's child is reaped by
+        # the zygote, before we hear of its exit).
         with self._lock:
-            if self._reaped:
+            if self._reaped or self._finishing:
                 return
-        try:
-            os.kill(self.os_pid, sig)
-        except ProcessLookupError:
-            pass
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except OSError:  # gone already (or the stand-in eventfd): nothing to signal
+                pass
 
     def _owner_died(self, pid: otp.Pid, reason: Any) -> None:
         with self._lock:
