@@ -1,0 +1,299 @@
+"""The zygote actor: one process that owns a zygote (`bridge.zygote`) and forks workers from it.
+
+A worker started this way answers its first ping in about a millisecond instead of the tens a
+fresh interpreter needs, so a pool recovers from a crash (or starts) that much sooner. The actor
+opens the zygote as a port (its stderr logged, its lifetime tied to the actor's), hands each new
+worker's pipes to it over a Unix socket, and turns the zygote's reports into the exit statuses
+of the workers it forked. `spawner` gives `Port.open` what it needs to start a worker this way:
+
+>>> import otp
+>>> from bridge.codec import get_codec
+>>> from bridge.port import Port
+>>> from bridge.protocol import request
+>>> from bridge.zygote_actor import ZygoteActor, ZygoteConfig
+>>> zygote = ZygoteActor.start(ZygoteConfig("doc", ["bridge.examples"]))
+>>> port = Port.open(["doc-w1"], active=False, spawn=ZygoteActor.spawner(zygote, "doc-w1"))
+>>> request(port, get_codec("msgpack"), 1, "add", [1, 2])
+3
+>>> port.close()
+>>> otp.stop(zygote)
+
+Workers forked from a zygote share its handler modules, codec, interpreter, environment and
+working directory: one zygote per worker configuration. If the zygote dies, its workers die too
+(their parent-death signal), so whoever supervises the actor should restart the workers with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+import otp
+from bridge.codec import DEFAULT_CODEC
+from bridge.port import Port, PortClosed, PortData, PortError, PortExit, PortTimeout
+
+__all__ = ["ZygoteActor", "ZygoteChild", "ZygoteConfig", "ZygoteError"]
+
+
+class ZygoteError(PortError):
+    """The zygote did not start (its stderr tail says why), or could not fork a worker."""
+
+
+@attrs.frozen
+class ZygoteConfig:
+    """How to start a zygote: the same handlers, codec, interpreter, env and cwd as its workers."""
+
+    name: str
+    handlers: Sequence[str] = ("bridge.examples",)
+    codec: str = DEFAULT_CODEC
+    python: str | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    init_timeout: float = 10.0
+    spawn_timeout: float = 5.0
+    close_timeout: float = 2.0
+
+    def argv(self, socket_fd: int) -> list[str]:
+        argv = [self.python or sys.executable, "-m", "bridge.zygote", "--socket", str(socket_fd), "--codec", self.codec]
+        for module in self.handlers:
+            argv += ["--handler", module]
+        return argv
+
+
+class ZygoteChild:
+    """A worker the zygote forked, seen as `Port` sees a `subprocess.Popen`.
+
+    Its status is set by the zygote actor when the zygote reports reaping it; `wait` reads it
+    from any thread (the port's I/O thread asks as soon as the worker's pidfd says it exited).
+    A worker whose zygote went away before reporting it dies of its parent-death signal, and
+    its status then reads ``-SIGKILL`` (set when the actor dies).
+    """
+
+    def __init__(self, pid: int, stdin: Any, stdout: Any, stderr: Any) -> None:
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited = threading.Event()
+        self._status: int | None = None  # written once, before _exited is set
+        self._lock = threading.Lock()
+        self._on_exit: list[Callable[[], None]] = []  # guarded by _lock
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (negative: killed by that signal); `subprocess.TimeoutExpired` if
+        the zygote has not reported it within `timeout` seconds."""
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout or 0.0)
+        assert self._status is not None
+        return self._status
+
+    def notify_exit(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the status is known (now, if it is already)."""
+        with self._lock:
+            if not self._exited.is_set():
+                self._on_exit.append(callback)
+                return
+        callback()
+
+    def _exited_with(self, status: int) -> None:
+        with self._lock:
+            self._status = status
+            self._exited.set()
+            callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback()
+
+
+class _Children:
+    """The workers forked and not yet reported. The actor adds and pops; its death hook, which
+    may run in whichever thread killed it, settles the rest: hence the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_pid: dict[int, ZygoteChild] = {}
+
+    def add(self, child: ZygoteChild) -> None:
+        with self._lock:
+            self._by_pid[child.pid] = child
+
+    def pop(self, pid: Any) -> ZygoteChild | None:
+        with self._lock:
+            return self._by_pid.pop(pid, None)
+
+    def orphaned(self, _pid: otp.Pid, _reason: Any) -> None:
+        """The actor died: nobody will report these workers, and their parent-death signal
+        (the zygote goes with its actor) is what ends them."""
+        with self._lock:
+            rest, self._by_pid = list(self._by_pid.values()), {}
+        for child in rest:
+            child._exited_with(-signal.SIGKILL)
+
+
+@attrs.define
+class _State:
+    config: ZygoteConfig
+    port: Port
+    sock: socket.socket
+    children: _Children
+    tags: Any = attrs.field(factory=lambda: itertools.count(1))
+
+
+_PIPE, _STDOUT, _DEVNULL = subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL
+
+
+class ZygoteActor(otp.GenServer):
+    """A GenServer owning one zygote subprocess. Callbacks run in the actor's own thread.
+
+    `init` starts the zygote and waits for its ready frame (a failure, say a handler module
+    that does not import, stops the actor with a `ZygoteError` carrying the zygote's stderr);
+    ``("spawn", worker_id, stderr)`` forks a worker and replies a `ZygoteChild`; the zygote's
+    exit stops the actor with ``("zygote_exited", error)``.
+    """
+
+    def init(self, config: ZygoteConfig) -> Any:
+        if not isinstance(config, ZygoteConfig):
+            return ("stop", TypeError(f"ZygoteActor expects a ZygoteConfig, got {config!r}"))
+        otp.trap_exit(True)  # a supervisor's shutdown runs terminate: the zygote closes cleanly
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            port = Port.open(
+                config.argv(theirs.fileno()), packet=4, active=False, env=config.env, cwd=config.cwd,
+                close_timeout=config.close_timeout, name=f"{config.name}-zygote",
+                tags={"zygote": config.name}, pass_fds=[theirs.fileno()],
+            )
+        except PortError as exc:
+            ours.close()
+            return ("stop", ZygoteError(f"cannot start zygote {config.name}: {exc.message}"))
+        finally:
+            theirs.close()
+        try:
+            ready = json.loads(port.recv(config.init_timeout))
+            if not isinstance(ready, dict) or "ready" not in ready:
+                raise ValueError(f"expected the ready frame, got {ready!r}")
+        except (PortError, ValueError) as exc:
+            port.close()
+            port.wait_closed(config.close_timeout * 3)
+            ours.close()
+            what = {PortTimeout: f"did not get ready within {config.init_timeout} s", PortClosed: "exited during startup"}
+            return ("stop", ZygoteError(
+                f"zygote {config.name} {what.get(type(exc), f'failed to start: {exc}')}",
+                port=port.name, os_pid=port.os_pid, status=port.info().status, stderr_tail=port.stderr_tail,
+            ))
+        port.set_active(True)
+        children = _Children()
+        otp.add_death_hook(otp.self(), children.orphaned)
+        return ("ok", _State(config, port, ours, children))
+
+    def handle_call(self, request: Any, from_: otp.From, state: _State) -> Any:
+        match request:
+            case ("spawn", worker_id, stderr):
+                try:
+                    return ("reply", ("ok", self._spawn(state, str(worker_id), stderr)), state)
+                except (OSError, ZygoteError) as exc:
+                    return ("reply", ("error", exc), state)
+        return ("reply", ("error", ("unknown_call", request)), state)
+
+    def _spawn(self, state: _State, worker_id: str, stderr: Any) -> ZygoteChild:
+        tag = next(state.tags)
+        ours: list[Any] = []
+        theirs: list[int] = []
+        try:
+            stdin_r, stdin_w = os.pipe()
+            stdout_r, stdout_w = os.pipe()
+            ours += [stdin_w, stdout_r]
+            theirs += [stdin_r, stdout_w]
+            if stderr == _PIPE:
+                stderr_r, stderr_w = os.pipe()
+                ours.append(stderr_r)
+                theirs.append(stderr_w)
+            elif stderr == _STDOUT:
+                theirs.append(os.dup(stdout_w))
+            elif stderr == _DEVNULL:
+                theirs.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            else:  # None: inherit ours
+                theirs.append(os.dup(2))
+            state.port.command(json.dumps({"spawn": tag, "worker_id": worker_id}).encode())
+            socket.send_fds(state.sock, [b"f"], theirs)
+            reply = otp.receive(lambda m: _frame(m, state.port, "spawned") == tag, timeout=state.config.spawn_timeout)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)  # the worker has its own copies now (or never will)
+        if reply is otp.TIMEOUT:
+            for fd in ours:
+                os.close(fd)
+            raise ZygoteError(f"zygote {state.config.name} did not fork {worker_id} within {state.config.spawn_timeout} s")
+        answer = json.loads(reply.data)
+        if "pid" not in answer:
+            for fd in ours:
+                os.close(fd)
+            raise ZygoteError(f"zygote {state.config.name} could not fork {worker_id}: {answer.get('error')}")
+        files = [os.fdopen(ours[0], "wb", buffering=0), os.fdopen(ours[1], "rb", buffering=0)]
+        stderr_file = os.fdopen(ours[2], "rb", buffering=0) if len(ours) > 2 else None
+        child = ZygoteChild(answer["pid"], files[0], files[1], stderr_file)
+        state.children.add(child)
+        return child
+
+    def handle_info(self, msg: Any, state: _State) -> Any:
+        if msg.__class__ is PortData and msg.port is state.port:
+            report = json.loads(msg.data)
+            child = state.children.pop(report.get("exited"))
+            if child is not None:
+                child._exited_with(int(report["status"]))
+            return ("noreply", state)
+        if msg.__class__ is PortExit and msg.port is state.port:
+            error = msg.error or ZygoteError(
+                f"zygote {state.config.name} exited", port=state.port.name, os_pid=state.port.os_pid,
+                status=msg.status, stderr_tail=state.port.stderr_tail,
+            )
+            return ("stop", ("zygote_exited", error), state)
+        if msg.__class__ is otp.Exit:
+            return ("stop", msg.reason, state)
+        return ("noreply", state)
+
+    def terminate(self, reason: Any, state: _State) -> None:
+        # EOF: the zygote exits, and the workers it forked die with it (parent-death signal).
+        state.port.close()
+        state.port.wait_closed(state.config.close_timeout * 3)
+        state.sock.close()
+
+    # -- client helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def spawn(zygote: Any, worker_id: str, stderr: Any = _PIPE, timeout: float = 10.0) -> ZygoteChild:
+        """Fork a worker from `zygote` (a pid or a registered name); raises `ZygoteError`."""
+        try:
+            result = otp.call(zygote, ("spawn", worker_id, stderr), timeout)
+        except otp.ProcessExit as exc:
+            raise ZygoteError(f"no zygote to fork {worker_id} from: {exc.reason!r}") from None
+        if result[0] != "ok":
+            raise result[1] if isinstance(result[1], BaseException) else ZygoteError(repr(result[1]))
+        return result[1]  # type: ignore[no-any-return]
+
+    @staticmethod
+    def spawner(zygote: Any, worker_id: str, timeout: float = 10.0) -> Callable[[Any], ZygoteChild]:
+        """What `Port.open(spawn=...)` takes, to start worker `worker_id` from `zygote`."""
+        return lambda stderr: ZygoteActor.spawn(zygote, worker_id, stderr, timeout)
+
+
+def _frame(msg: Any, port: Port, key: str) -> Any:
+    """The value under `key` in a JSON frame from `port`, or None for anything else."""
+    if msg.__class__ is not PortData or msg.port is not port:
+        return None
+    try:
+        return json.loads(msg.data).get(key)
+    except ValueError:
+        return None
