@@ -14,6 +14,7 @@ The tree, under the name the caller chooses (never a global singleton, so tests 
 pools side by side)::
 
     Supervisor one_for_all          name
+    ├── ZygoteActor                 (name, "zygote")    only with start_mode="zygote"
     ├── DynamicSupervisor           (name, "workers")   WorkerActor per worker (temporary)
     └── pool (NimblePool-style)     (name, "pool")      worker state = WorkerHandle
 
@@ -37,6 +38,7 @@ pools side by side)::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -53,7 +55,14 @@ from bridge.circuit import CircuitBreaker, CircuitOpen
 from bridge.codec import DEFAULT_CODEC
 from bridge.port import PortError, PortTimeout
 from bridge.protocol import WorkerError
-from bridge.worker_actor import WorkerActor, WorkerConfig, WorkerHandle, WorkerInitError, worker_argv
+from bridge.worker_actor import (
+    WorkerActor,
+    WorkerConfig,
+    WorkerHandle,
+    WorkerInitError,
+    worker_argv,
+)
+from bridge.zygote_actor import ZygoteActor, ZygoteConfig
 from otp import telemetry
 from otp.dynamic_supervisor import DynamicSupervisor
 from otp.supervisor import Supervisor
@@ -166,7 +175,7 @@ class _Failed:
     """What a call's checkout function returns when the call failed (a result is returned
     as is): the outcome, for stats and telemetry, and the error the caller gets."""
 
-    __slots__ = ("outcome", "error")
+    __slots__ = ("error", "outcome")
 
     def __init__(self, outcome: str, error: BaseException) -> None:
         self.outcome = outcome
@@ -206,6 +215,11 @@ def _short(reason: Any) -> str:
 # -- configuration and shared state ----------------------------------------------------------
 
 
+#: "spawn": each worker is a fresh interpreter; "zygote": each is a fork of a warm template
+#: process that has imported the handlers already (first ping in ~2 ms instead of ~30 ms).
+START_MODES = ("spawn", "zygote")
+
+
 @attrs.frozen
 class SessionPoolConfig:
     """Everything a SessionPool needs; see `SessionPool.start_link` for the meaning."""
@@ -228,6 +242,11 @@ class SessionPoolConfig:
     python: str | None = None
     env: dict[str, str] | None = None
     cwd: str | None = None
+    start_mode: str = "spawn"  # or "zygote": fork workers from a warm template process
+
+    def __attrs_post_init__(self) -> None:
+        if self.start_mode not in START_MODES:
+            raise ValueError(f"start_mode must be one of {', '.join(START_MODES)}, got {self.start_mode!r}")
 
 
 @attrs.frozen
@@ -349,6 +368,16 @@ class _ActorDown:
 # -- the pool's worker behaviour ---------------------------------------------------------------
 
 
+def _zygote_spec(config: SessionPoolConfig) -> dict[str, Any]:
+    """The zygote goes first in the tree: the workers are forked from it, and stop before it."""
+    zcfg = ZygoteConfig(
+        str(config.name), config.handlers, config.codec, config.python, config.env, config.cwd,
+        init_timeout=config.init_timeout, close_timeout=config.close_timeout,
+    )
+    start = functools.partial(ZygoteActor.start_link, name=(config.name, "zygote"), timeout=config.init_timeout + 2.0)
+    return {"id": "zygote", "start": (start, (zcfg,)), "restart": "permanent", "shutdown": config.close_timeout * 3 + 1.0}
+
+
 class _SessionWorker(pool.PoolWorker):
     """Worker state: a `WorkerHandle`. Client state: the same handle."""
 
@@ -385,6 +414,7 @@ class _SessionWorker(pool.PoolWorker):
             wcfg = WorkerConfig(
                 worker_id, worker_argv(cfg.handlers, worker_id, cfg.codec, cfg.python), cfg.codec,
                 init_timeout=cfg.init_timeout, close_timeout=cfg.close_timeout, env=cfg.env, cwd=cfg.cwd,
+                zygote=(cfg.name, "zygote") if cfg.start_mode == "zygote" else None,
             )
             spec = {
                 "id": worker_id, "start": (WorkerActor.start_link, (wcfg,)), "restart": "temporary",
@@ -567,7 +597,9 @@ class SessionPool:
         start gives up; default pool_size, so a worker that cannot start at all, say a handler
         module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
         (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
-        `cwd`. Raises `otp.StartError` when the workers do not come up (with their stderr).
+        `cwd`, `start_mode` (``"spawn"``, or ``"zygote"`` to fork workers from a warm template
+        process: see `bridge.zygote`). Raises `otp.StartError` when the workers do not come up
+        (with their stderr).
         """
         return cls._start(name, pool_size, handlers, options, link=True)
 
@@ -586,7 +618,8 @@ class SessionPool:
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         shared = _PoolState(config, _Sessions(), _Metrics(), (name, "workers"))
-        children = [
+        children = [] if config.start_mode != "zygote" else [_zygote_spec(config)]
+        children += [
             DynamicSupervisor.spec(id="workers", name=(name, "workers"), max_restarts=0, max_seconds=1),
             pool.child_spec(
                 _SessionWorker, shared, id="pool", name=(name, "pool"), pool_size=pool_size,

@@ -31,6 +31,7 @@ import otp
 from bridge.codec import DEFAULT_CODEC, Codec, get_codec
 from bridge.port import Port, PortClosed, PortError, PortExit, PortTimeout
 from bridge.protocol import WorkerError, request
+from bridge.zygote_actor import ZygoteActor
 
 __all__ = ["WorkerActor", "WorkerConfig", "WorkerHandle", "WorkerInitError", "worker_argv"]
 
@@ -61,6 +62,8 @@ class WorkerConfig:
     close_timeout: float = 2.0
     env: dict[str, str] | None = None
     cwd: str | None = None
+    #: A `ZygoteActor` (pid or name) to fork the worker from, instead of starting `argv`.
+    zygote: Any = None
 
 
 @attrs.define(eq=False)
@@ -236,11 +239,12 @@ def _boot(config: WorkerConfig) -> WorkerHandle:
     """Open the port and complete the first ping. Passive mode: only this port's bytes matter,
     so unrelated messages arriving meanwhile stay in the mailbox untouched."""
     codec = get_codec(config.codec)
+    spawn = None if config.zygote is None else ZygoteActor.spawner(config.zygote, config.worker_id, config.init_timeout)
     try:
         port = Port.open(
             config.argv, packet=4, active=False, env=config.env, cwd=config.cwd,
             close_timeout=config.close_timeout, name=config.worker_id,
-            tags={"worker_id": config.worker_id},
+            tags={"worker_id": config.worker_id}, spawn=spawn,
         )
     except PortError as exc:
         raise WorkerInitError(f"cannot start worker {config.worker_id}: {exc.message}") from None
