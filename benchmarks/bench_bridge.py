@@ -410,9 +410,9 @@ def throughput(quick: bool) -> list[Result]:
 # -- starting and recovering --------------------------------------------------------------------
 
 
-def _pool_ready_s(size: int) -> float:
+def _pool_ready_s(size: int, mode: str = "spawn") -> float:
     start = time.perf_counter()
-    sp = _start_pool("start", size)
+    sp = _start_pool("start", size, start_mode=mode)
     elapsed = time.perf_counter() - start
     sp.stop()
     return elapsed
@@ -434,12 +434,20 @@ def start_time(quick: bool) -> list[Result]:
     size = 8
     rounds = 3 if quick else 9
     t = interleaved(
-        {"ours": lambda: _pool_ready_s(size), "raw": lambda: _raw_ready_s(size)}, rounds
+        {
+            "ours": lambda: _pool_ready_s(size),
+            "zygote": lambda: _pool_ready_s(size, "zygote"),
+            "raw": lambda: _raw_ready_s(size),
+        },
+        rounds,
     )
     return [
         Result(f"pool ready, {size} workers", t["ours"] * 1e3, t["raw"] * 1e3, "ms",
                Goal.ratio_at_most(1.2), f"{size} raw spawns at once",
                note="until every worker answered its first ping; unpinned"),
+        Result(f"pool ready, {size} workers, zygote", t["zygote"] * 1e3, t["raw"] * 1e3, "ms",
+               None, f"{size} raw spawns at once",
+               note="start_mode='zygote': the zygote's own start, then every worker forked from it"),
     ]
 
 
@@ -488,13 +496,14 @@ def _kill_to_ready_s(sp: SessionPool, watch: _InitWatch, size: int) -> float:
     return elapsed
 
 
-def recovery(quick: bool) -> list[Result]:
+def _recovery_ms(quick: bool, mode: str) -> tuple[float, float]:
+    """(ours, raw) kill-to-replacement-ready medians in ms, for a pool of `mode`."""
     size = 2
     rounds = 3 if quick else 15
     watch = _InitWatch()
     handler_id = f"bench_bridge-recovery-{os.getpid()}-{id(watch)}"
     telemetry.attach(handler_id, ["pool", "worker", "init", "stop"], watch)
-    sp = _start_pool("kill", size, max_restarts=1000, max_seconds=1)
+    sp = _start_pool("kill", size, max_restarts=1000, max_seconds=1, start_mode=mode)
     try:
         watch.pool = sp._pool.pid
         t = interleaved(
@@ -507,11 +516,17 @@ def recovery(quick: bool) -> list[Result]:
     finally:
         telemetry.detach(handler_id)
         sp.stop()
+    return t["ours"] * 1e3, t["raw"] * 1e3
+
+
+def recovery(quick: bool) -> list[Result]:
+    note = ("SIGKILL a worker subprocess of an idle 2-worker pool, until the pool's init.stop event "
+            "for its new worker (first ping answered); unpinned")
     return [
-        Result("kill -> replacement ready", t["ours"] * 1e3, t["raw"] * 1e3, "ms",
-               Goal.ratio_at_most(1.3), "1 raw spawn -> first ping",
-               note=f"SIGKILL a worker subprocess of an idle {size}-worker pool, until the pool's "
-                    "init.stop event for its new worker (first ping answered); unpinned"),
+        Result("kill -> replacement ready", *_recovery_ms(quick, "spawn"), "ms",
+               Goal.ratio_at_most(1.3), "1 raw spawn -> first ping", note=note),
+        Result("kill -> replacement ready, zygote", *_recovery_ms(quick, "zygote"), "ms",
+               None, "1 raw spawn -> first ping", note=note + "; start_mode='zygote'"),
     ]
 
 
