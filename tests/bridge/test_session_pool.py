@@ -32,6 +32,7 @@ from bridge.session_pool import (
     WorkerError,
 )
 from otp import observer, telemetry
+from otp.testing import wait_until
 
 HANDLERS = ["bridge.examples"]
 # Short close timeouts keep teardown of killed or hung workers quick; generous call and
@@ -40,18 +41,6 @@ OPTIONS: dict[str, Any] = {"close_timeout": 0.3, "call_timeout": 10.0, "checkout
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> Any:
-    """Poll `check` in small otp.sleep steps until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        otp.sleep(0.01)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import otp
 from bridge.port import PortTimeout
 from bridge.protocol import WorkerError
 from bridge.worker_actor import WorkerActor, WorkerConfig, WorkerInitError, worker_argv
+from otp.testing import wait_down
 
 
 def config(worker_id: str = "w1", handlers: tuple[str, ...] = ("bridge.examples",), **kw: object) -> WorkerConfig:
@@ -23,12 +24,6 @@ def start(cfg: WorkerConfig) -> otp.Pid:
     pid = WorkerActor.start(cfg)
     assert isinstance(pid, otp.Pid)
     return pid
-
-
-def wait_down(ref: otp.Ref) -> otp.Down:
-    msg = otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=15)
-    assert msg is not otp.TIMEOUT
-    return msg
 
 
 def test_a_ready_worker_answers_calls_and_handler_errors_keep_it_usable() -> None:
@@ -80,7 +75,7 @@ def test_an_idle_workers_death_is_noticed_at_once() -> None:
     handle = WorkerActor.await_ready(actor, 15)
     ref = otp.monitor(actor)
     os.kill(handle.port.os_pid, signal.SIGKILL)
-    reason = wait_down(ref).reason
+    reason = wait_down(ref, timeout=15).reason
     assert reason[0] == "worker_exited" and reason[1].status == -signal.SIGKILL
 
 
@@ -110,7 +105,7 @@ def test_health_ping_stops_an_unresponsive_worker(tmp_path) -> None:
     os.kill(handle.port.os_pid, signal.SIGSTOP)  # alive but frozen
     try:
         otp.cast(actor, "health_ping")
-        reason = wait_down(ref).reason
+        reason = wait_down(ref, timeout=15).reason
         assert isinstance(reason, PortTimeout)
     finally:
         try:
