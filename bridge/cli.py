@@ -1,6 +1,6 @@
 """``threadotp``: the command line.
 
-    threadotp demo [--duration 20] [--workers 4] [--clients 8] [--kill-every 2]
+    threadotp demo [--duration 20] [--workers 4] [--clients 8] [--kill-every 2] [--zygote]
     threadotp run MODULE:FUNCTION [--observe]
     threadotp bench [--quick] [--json PATH] [--plot PATH] [NAME ...]
 """
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--clients", type=int, default=8, help="client threads (default 8)")
     demo.add_argument("--kill-every", type=float, default=2.0, help="SIGKILL a worker every N s; 0 = no chaos")
     demo.add_argument("--flaky-rate", type=float, default=0.02, help="how often the flaky handler raises")
+    demo.add_argument("--zygote", action="store_true", help="fork workers from a warm zygote (start_mode='zygote')")
     demo.add_argument("--plain", action="store_true", help="plain text even on a terminal")
     demo.add_argument("--seed", type=int, default=None)
 
@@ -70,10 +71,11 @@ def _demo(options: argparse.Namespace) -> int:
         kill_every=options.kill_every or None, flaky_rate=options.flaky_rate, seed=options.seed,
     )
     view = View(plain=options.plain)
-    view.note(f"starting {opts.workers} workers in parallel ...")
+    mode = "zygote" if options.zygote else "spawn"
+    view.note(f"starting {opts.workers} workers in parallel{' from a zygote' if options.zygote else ''} ...")
     started = time.monotonic()
     sp = SessionPool.start("demo", pool_size=opts.workers, handlers=["bridge.examples"], call_timeout=opts.call_timeout,
-                           circuit_failures=1000, max_restarts=1000, max_seconds=1.0)
+                           circuit_failures=1000, max_restarts=1000, max_seconds=1.0, start_mode=mode)
     view.note(f"pool ready in {time.monotonic() - started:.2f} s; {opts.clients} clients for {opts.duration:g} s"
               + (f", a worker SIGKILLed every {opts.kill_every:g} s" if opts.kill_every else ""))
     workload = Workload(sp, opts)

@@ -31,11 +31,13 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
 
 
 @pytest.mark.timeout(120)
-def test_demo_runs_under_chaos_and_exits_zero() -> None:
-    code, out, err = finish(threadotp("demo", "--duration", "5", "--plain", "--kill-every", "1"), 90)
+@pytest.mark.parametrize("mode", [[], ["--zygote"]], ids=["spawn", "zygote"])
+def test_demo_runs_under_chaos_and_exits_zero(mode: list[str]) -> None:
+    code, out, err = finish(threadotp("demo", "--duration", "5", "--plain", "--kill-every", "1", *mode), 90)
     assert code == 0, f"{out}\n{err}"
     assert "OK: no call lost or hung" in out
     assert "supervisor one_for_all" in out  # the live tree was shown
+    assert ("├── 'zygote'" in out) == bool(mode), "the zygote shows in the tree exactly in its mode"
     summary = out.split("== summary ==")[1]
     calls = int(summary.split("calls")[1].split()[0])
     killed = int(summary.split("workers killed")[1].split()[0])
