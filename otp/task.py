@@ -11,7 +11,8 @@ does not trap exits, and `await_` exits the caller on timeout, as in Elixir.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -153,6 +154,46 @@ class Task:
             replies[msg.ref] = msg.value
         return [replies[task.ref] for task in tasks]
 
+    @staticmethod
+    def async_stream(
+        iterable: Iterable[Any],
+        fn: Callable[[Any], Any],
+        *,
+        max_concurrency: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = 5.0,
+        on_timeout: str = "exit",
+        zip_input_on_exit: bool = False,
+    ) -> Iterator[tuple[str, Any]]:
+        """Run `fn(item)` for each item in its own linked task, at most `max_concurrency` at a
+        time (default: the CPU count), and yield ``("ok", result)`` per item (Elixir's
+        ``Task.async_stream``).
+
+        Lazy: items are taken from `iterable`, and tasks started, only as the results are
+        consumed. `ordered` (default) yields in input order, else as tasks finish. Each task
+        may run `timeout` seconds: past it, ``on_timeout="exit"`` (default) stops every task
+        and exits the caller with ``("timeout", ("async_stream", timeout))``, and
+        ``"kill_task"`` kills that task and yields ``("exit", "timeout")`` (with
+        `zip_input_on_exit`, ``("exit", (item, "timeout"))``). A task that crashes takes a
+        caller that does not trap exits with it; one that traps them sees ``("exit",
+        reason)``. Stopping early (``break``, or closing the iterator) kills the tasks still
+        running.
+
+        >>> [r for _, r in Task.async_stream([1, 2, 3], lambda x: x * 10, max_concurrency=2)]
+        [10, 20, 30]
+        """
+        if max_concurrency is None:
+            max_concurrency = os.cpu_count() or 1
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        if on_timeout not in ("exit", "kill_task"):
+            raise ValueError(f"on_timeout must be 'exit' or 'kill_task', got {on_timeout!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        if not callable(fn):
+            raise TypeError(f"Task.async_stream expects a callable, got {fn!r}")
+        return _stream(iter(iterable), fn, max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _owner_process(self, action: str) -> Process:
@@ -186,6 +227,82 @@ class Task:
         if msg is TIMEOUT:
             return ("exit", "noproc")
         return None if _as_asked(msg.reason, kind) else ("exit", msg.reason)
+
+
+class _Running:
+    """One task of a stream: where its result goes, when it must be done, what it was given."""
+
+    __slots__ = ("deadline", "index", "item", "task")
+
+    def __init__(self, index: int, task: Task, deadline: float | None, item: Any) -> None:
+        self.index = index
+        self.task = task
+        self.deadline = deadline
+        self.item = item
+
+
+def _stream(
+    source: Iterator[Any], fn: Callable[[Any], Any], max_concurrency: int, ordered: bool,
+    timeout: float | None, on_timeout: str, zip_input: bool,
+) -> Iterator[tuple[str, Any]]:
+    me = current()
+    running: dict[Ref, _Running] = {}
+    finished: dict[int, tuple[str, Any]] = {}  # ordered mode: results waiting for their turn
+    started = emitted = 0
+    exhausted = False
+
+    def answer(m: Any) -> bool:
+        return (m.__class__ is _TaskReply or m.__class__ is Down) and m.ref in running
+
+    try:
+        while True:
+            while not exhausted and len(running) < max_concurrency:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                task = _async(fn, (item,), link=True)
+                deadline = None if timeout is None else _monotonic() + timeout
+                running[task.ref] = _Running(started, task, deadline, item)
+                started += 1
+            while emitted in finished:
+                yield finished.pop(emitted)
+                emitted += 1
+            if not running:
+                if exhausted:
+                    return
+                continue
+            deadlines = [r.deadline for r in running.values() if r.deadline is not None]
+            wait = None if not deadlines else max(0.0, min(deadlines) - _monotonic())
+            msg = me.receive(answer, wait, label="async_stream")
+            if msg is TIMEOUT:
+                now = _monotonic()
+                late = [r for r in running.values() if r.deadline is not None and r.deadline <= now]
+                if on_timeout == "exit":
+                    raise ProcessExit(("timeout", ("async_stream", timeout)))  # the finally stops them all
+                results = []
+                for r in late:
+                    del running[r.task.ref]
+                    r.task.shutdown("brutal_kill")
+                    results.append((r.index, ("exit", (r.item, "timeout") if zip_input else "timeout")))
+            else:
+                r = running.pop(msg.ref)
+                r.task._forget(me)
+                if msg.__class__ is Down:
+                    results = [(r.index, ("exit", (r.item, msg.reason) if zip_input else msg.reason))]
+                else:
+                    results = [(r.index, ("ok", msg.value))]
+            for index, result in results:
+                if ordered:
+                    finished[index] = result
+                else:
+                    yield result
+                    emitted += 1
+    finally:
+        # Stopped early, or exiting: no task outlives the stream.
+        for r in running.values():
+            r.task.shutdown("brutal_kill")
 
 
 def _as_asked(reason: Any, kind: str) -> bool:

@@ -250,3 +250,135 @@ class TestAwaitMany:
 
     def test_an_empty_list_is_an_empty_result(self) -> None:
         assert Task.await_many([]) == []
+
+
+class TestAsyncStream:
+    def test_results_come_in_input_order_with_at_most_max_concurrency_running(self) -> None:
+        lock = threading.Lock()
+        now = [0]
+        peak = [0]
+        first_three = threading.Barrier(3, timeout=10)  # passes only if three run at once
+
+        def work(x: int) -> int:
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            if x < 3:
+                first_three.wait()
+            otp.sleep(0.002 * (5 - x % 5))  # later items often finish first
+            with lock:
+                now[0] -= 1
+            return x * x
+
+        results = list(Task.async_stream(range(10), work, max_concurrency=3))
+        assert results == [("ok", x * x) for x in range(10)]
+        assert peak[0] == 3
+
+    def test_unordered_yields_each_result_as_its_task_finishes(self) -> None:
+        me = otp.self()
+
+        def work(x: str) -> str:
+            if x == "slow":
+                otp.send(me, ("slow", otp.self()))
+                otp.receive("go")
+            return x
+
+        stream = Task.async_stream(["slow", "fast"], work, ordered=False, max_concurrency=2)
+        assert next(stream) == ("ok", "fast")
+        _, slow = expect(("slow", ANY))
+        otp.send(slow, "go")
+        assert list(stream) == [("ok", "slow")]
+
+    def test_the_input_is_consumed_lazily(self) -> None:
+        taken: list[int] = []
+
+        def source():  # type: ignore[no-untyped-def]
+            for i in range(100):
+                taken.append(i)
+                yield i
+
+        stream = Task.async_stream(source(), lambda x: x, max_concurrency=2)
+        assert next(stream) == ("ok", 0)
+        assert len(taken) <= 3, taken  # the running two, and the one that replaced the first
+        stream.close()
+
+    def test_kill_task_yields_a_timeout_exit_for_the_late_task_and_goes_on(self) -> None:
+        pids: list[otp.Pid] = []
+
+        def work(x: str) -> str:
+            pids.append(otp.self())
+            if x == "hang":
+                otp.receive("never")
+            return x
+
+        results = list(Task.async_stream(["a", "hang", "b"], work, timeout=0.1, on_timeout="kill_task"))
+        assert results == [("ok", "a"), ("exit", "timeout"), ("ok", "b")]
+        assert all(not otp.is_alive(p) for p in pids)
+        assert otp.flush() == []
+
+    def test_zip_input_on_exit_says_which_item_timed_out(self) -> None:
+        stream = Task.async_stream(
+            ["hang"], lambda x: otp.receive("never"), timeout=0.05, on_timeout="kill_task",
+            zip_input_on_exit=True,
+        )
+        assert list(stream) == [("exit", ("hang", "timeout"))]
+
+    def test_a_timeout_exits_the_caller_by_default_and_stops_every_task(self) -> None:
+        me = otp.self()
+
+        def caller() -> None:
+            def work(x: int) -> None:
+                otp.send(me, ("task", otp.self()))
+                otp.receive("never")
+
+            list(Task.async_stream([1, 2], work, timeout=0.05))
+
+        _, ref = otp.spawn_monitor(caller)
+        tasks = [expect(("task", ANY))[1], expect(("task", ANY))[1]]
+        watches = [otp.monitor(t) for t in tasks]
+        assert wait_down(ref).reason == ("timeout", ("async_stream", 0.05))
+        for watch in watches:
+            assert wait_down(watch).reason in ("killed", ("timeout", ("async_stream", 0.05)))
+
+    def test_a_crashing_task_takes_a_non_trapping_caller_with_it(self) -> None:
+        def caller() -> None:
+            list(Task.async_stream([1], lambda x: crash("in the stream")))
+
+        _, ref = otp.spawn_monitor(caller)
+        assert str(wait_down(ref).reason) == "in the stream"
+
+    def test_a_trapping_caller_sees_the_crash_as_an_exit_element(self) -> None:
+        otp.trap_exit(True)
+        results = list(Task.async_stream([1, 2], lambda x: crash("bad") if x == 1 else x))
+        assert results[1] == ("ok", 2)
+        tag, reason = results[0]
+        assert tag == "exit" and isinstance(reason, ValueError) and str(reason) == "bad"
+        assert isinstance(expect(Exit).reason, ValueError)  # the link's signal, as a message
+
+    def test_breaking_out_early_kills_the_tasks_still_running(self) -> None:
+        me = otp.self()
+
+        def work(x: int) -> int:
+            if x > 0:
+                otp.send(me, ("task", otp.self()))
+                otp.receive("never")
+            return x
+
+        stream = Task.async_stream(range(3), work, max_concurrency=3)
+        assert next(stream) == ("ok", 0)
+        tasks = [expect(("task", ANY))[1], expect(("task", ANY))[1]]
+        watches = [otp.monitor(t) for t in tasks]
+        stream.close()
+        assert [wait_down(w).reason for w in watches] == ["killed", "killed"]
+
+    @pytest.mark.parametrize(
+        ("options", "match"),
+        [
+            ({"max_concurrency": 0}, "max_concurrency"),
+            ({"on_timeout": "ignore"}, "on_timeout"),
+            ({"timeout": -1}, "timeout"),
+        ],
+    )
+    def test_bad_options_are_refused_before_anything_runs(self, options: dict[str, Any], match: str) -> None:
+        with pytest.raises(ValueError, match=match):
+            Task.async_stream([1], lambda x: x, **options)  # type: ignore[arg-type]
