@@ -396,6 +396,9 @@ def _loop(server: GenServer, me: Process, parent: Pid | None, state: Any, extra:
         while True:
             while extra.__class__ is tuple:  # ("continue", arg)
                 state, extra = _noreply(server.handle_continue(extra[1], state), "handle_continue")
+            # Nothing handled stays referenced while we wait: a reply its caller no longer
+            # wanted (its pipes, its buffers) is freed now, not at the next message.
+            msg = result = None
             msg = receive(None, extra, 0, "gen_server loop")
             if msg.__class__ is _Call:  # the hot path, inline: a call answered at once
                 from_ = msg.from_

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -405,6 +406,35 @@ class TestCall:
 
 
 # -- reply -------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """A reply whose lifetime a test can watch (through a weakref)."""
+
+
+def test_a_reply_nobody_waits_for_any_more_is_not_kept_alive_by_an_idle_server() -> None:
+    made: list[weakref.ref[_Payload]] = []
+    release = threading.Event()
+
+    class Slow(GenServer):
+        def init(self, arg: Any) -> Any:
+            return ("ok", None)
+
+        def handle_call(self, request: Any, from_: Any, state: Any) -> Any:
+            release.wait(10)  # answers only after the caller has given up
+            payload = _Payload()
+            made.append(weakref.ref(payload))
+            return ("reply", payload, state)
+
+    pid = Slow.start()
+    with pytest.raises(ProcessExit):
+        otp.call(pid, "make", 0.05)
+    release.set()
+    deadline = time.monotonic() + 10
+    while not (made and made[0]() is None) and time.monotonic() < deadline:
+        otp.sleep(0.01)  # the server is idle: no event marks the moment it lets go
+    assert made and made[0]() is None, "the idle server still holds the reply it could not deliver"
+    otp.stop(pid)
 
 
 class TestReply:
