@@ -2,9 +2,11 @@
 
 One long-lived daemon thread for the whole Python process, like the BEAM's check_io:
 
-- Subprocesses are forked here and nowhere else. Linux's parent-death signal fires when the
-  *thread* that forked a child exits; forking from this thread, which lives as long as the
-  interpreter, means a worker's ``PR_SET_PDEATHSIG`` fires only when the Python process dies.
+- This process forks its subprocesses here and nowhere else. Linux's parent-death signal fires
+  when the *thread* that forked a child exits; forking from this thread, which lives as long as
+  the interpreter, means a worker's ``PR_SET_PDEATHSIG`` fires only when the Python process
+  dies. (Workers forked by a zygote, `bridge.zygote`, are its children, not ours: they die
+  with it, and it dies with us.)
 - Readable pipes (active ports' stdout, every port's stderr) and pidfds (child exits) are
   dispatched to callbacks registered by `bridge.port`.
 - Timers drive the close sequence (stdin EOF, then SIGTERM, then SIGKILL) without blocking the

@@ -21,6 +21,8 @@ b'hello'
   then SIGKILL; the child is always reaped. Children run in their own process group (a Ctrl-C
   at the terminal reaches the parent, which shuts them down in order) and are forked from the
   long-lived I/O thread, so a worker's parent-death signal fires only when this process dies.
+  A child started elsewhere (``spawn=``, a zygote's fork) is reaped by its own parent, which
+  reports its status; the port watches it through a pidfd just the same.
 - stderr: ``"log"`` (default) logs each line through loguru tagged with the port and its tags,
   ``"pipe"`` sends `PortStderr` messages, ``"merge"`` (line and raw modes only: it would corrupt
   packet framing), ``"inherit"`` or ``"devnull"``. The last lines are kept in every mode that reads
@@ -213,21 +215,22 @@ class Port:
         os.set_blocking(self._stdout_fd, False)
         os.set_blocking(self._stdin_fd, False)
         try:
-            self._pidfd = os.pidfd_open(popen.pid)
-        except ProcessLookupError:
-            # A child that is not ours (a zygote's) can be gone and reaped already: a readable
-            # eventfd stands in for its pidfd, and its status comes from `wait` as usual.
-            self._pidfd = os.eventfd(1, os.EFD_CLOEXEC)
-        if not otp.add_death_hook(owner, self._death_hook):
-            self.close()
-            raise PortError("port owner died while the port was opening", port=self.name, os_pid=self.os_pid)
+            self._pidfd = _pidfd_of(popen)
+        except OSError as exc:
+            _abandon(popen)
+            raise PortError(f"cannot watch {self.argv[0]!r} (os pid {popen.pid}): {exc}", port=self.name) from exc
         io = service()
         io.watch(self._pidfd, self._on_child_exit)
         if self._stderr is not None:
             io.watch(self._stderr.fileno(), self._on_stderr)
         if active:
             self._watching = True
-            io.watch(self._stdout.fileno(), self._on_stdout)
+            io.watch(self._stdout_fd, self._on_stdout)
+        if not otp.add_death_hook(owner, self._death_hook):
+            # The owner died while the port opened: close as its death would have, through the
+            # watches above, which see the child through to its end.
+            self.close()
+            raise PortError("port owner died while the port was opening", port=self.name, os_pid=self.os_pid)
         return self
 
     def _init_fields(
@@ -251,6 +254,9 @@ class Port:
         # Held across read + decode, so frames keep their order when the loop thread and a
         # passive owner both read. Ranks above _lock.
         self._read_lock = threading.Lock()
+        # Held by a writer for a whole frame, so frames from several threads never interleave.
+        # Ranks above _lock (never taken with _lock or _read_lock held).
+        self._write_lock = threading.Lock()
         self._in_recv = False  # the owner is blocked in a passive recv
         # One bound method for every add/remove: no allocation per connect, and the hook
         # lists find it by identity.
@@ -278,7 +284,7 @@ class Port:
     # -- commands from any thread ----------------------------------------------------------------
 
     def command(self, data: bytes) -> None:
-        """Write one frame to the subprocess's stdin.
+        """Write one frame to the subprocess's stdin; frames from several threads never mix.
 
         Raises `FrameTooLarge` (a `ValueError`) for data beyond the packet size, and
         `PortClosed` if the port is closed or the subprocess is gone. A frame the pipe cannot
@@ -286,27 +292,37 @@ class Port:
         calling process was not killed meanwhile).
         """
         frame = self._encode(data if data.__class__ is bytes else bytes(data))
-        # Writes happen under the lock, and stdin is closed only after `_closed` was set under
-        # it: a write can never reach a closed fd, or a number the OS has reused since. The
-        # pipe is non-blocking, so the lock is never held while waiting for the reader.
-        with self._lock:
-            if self._closed:
-                written = -1
-            else:
-                self.bytes_out += len(frame)
-                try:
-                    written = os.write(self._stdin_fd, frame)  # a small frame fits in one write
-                except BlockingIOError:
-                    written = 0
-                except OSError as exc:
-                    written, problem = -2, exc
-        if written == len(frame):
-            return
-        if written == -1:
-            raise self._error(PortClosed, "command on a closed port")
-        if written == -2:
-            raise self._error(PortClosed, f"the subprocess is gone ({problem.__class__.__name__})") from None
-        self._write_rest(memoryview(frame)[written:])
+        # One writer at a time, for a whole frame (a big one takes several writes); waiting in
+        # slices, so that a writer stuck behind a child that does not read can still be killed.
+        wlock = self._write_lock
+        if not wlock.acquire(False):
+            while not wlock.acquire(timeout=_RECV_SLICE):
+                otp.self()
+        try:
+            # Each write happens under the lock, and stdin is closed only after `_closed` was
+            # set under it: a write can never reach a closed fd, or a number the OS has reused
+            # since. The pipe is non-blocking, so the lock is never held waiting for the reader.
+            with self._lock:
+                if self._closed:
+                    written = -1
+                else:
+                    try:
+                        written = os.write(self._stdin_fd, frame)  # a small frame fits in one write
+                    except BlockingIOError:
+                        written = 0
+                    except OSError as exc:
+                        written, problem = -2, exc
+                    else:
+                        self.bytes_out += written
+            if written == len(frame):
+                return
+            if written == -1:
+                raise self._error(PortClosed, "command on a closed port")
+            if written == -2:
+                raise self._error(PortClosed, f"the subprocess is gone ({problem.__class__.__name__})") from None
+            self._write_rest(memoryview(frame)[written:])
+        finally:
+            wlock.release()
 
     def _write_rest(self, rest: memoryview) -> None:
         poller = select.poll()
@@ -324,6 +340,8 @@ class Port:
                         written = 0
                     except OSError:
                         written = -1
+                    else:
+                        self.bytes_out += written
             if written < 0:
                 raise self._error(PortClosed, "the subprocess is gone while a frame was being written")
             rest = rest[written:]
@@ -721,6 +739,32 @@ class Port:
         self.close()
 
 
+def _pidfd_of(popen: Any) -> int:
+    """A pidfd for the child: the one its starter opened (a zygote, before it could reap it),
+    else a new one."""
+    pidfd = getattr(popen, "pidfd", None)
+    if pidfd is not None and pidfd >= 0:
+        popen.pidfd = -1  # the port's now: it closes it when it finishes
+        return pidfd  # type: ignore[no-any-return]
+    try:
+        return os.pidfd_open(popen.pid)
+    except ProcessLookupError:
+        # Reaped already by someone else: a readable eventfd stands in for its pidfd, and its
+        # status comes from `wait` as usual.
+        return os.eventfd(1, os.EFD_CLOEXEC)
+
+
+def _abandon(popen: Any) -> None:
+    """A child the port could not take on: close its pipes (EOF) and, if it is ours, kill and
+    reap it."""
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        if stream is not None:
+            stream.close()
+    if isinstance(popen, subprocess.Popen):
+        popen.kill()
+        popen.wait()
+
+
 def _check_options(argv: Sequence[str], packet: int | str, stderr: str) -> None:
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
@@ -733,10 +777,3 @@ def _check_options(argv: Sequence[str], packet: int | str, stderr: str) -> None:
             f"stderr='merge' with packet={packet} would interleave stderr text with length-prefixed "
             "frames and corrupt them; use stderr='log' (default) or 'pipe'"
         )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -97,6 +98,29 @@ class TestFraming:
         assert data_msg(port, 10) == big
         assert data_msg(port, 10) == b"after"
         assert port.info().bytes_out == len(big) + 4 + len(b"after") + 4
+        closed(port)
+
+
+    def test_big_frames_from_several_threads_never_interleave(self) -> None:
+        port = Port.open(["cat"])  # active: the I/O thread drains cat while we write
+        errors: list[BaseException] = []
+
+        def writer(byte: bytes) -> None:
+            try:
+                for _ in range(3):
+                    port.command(byte * 300_000)  # several writes each: the pipe holds 64 KiB
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(b,)) for b in (b"a", b"b", b"c")]
+        for t in threads:
+            t.start()
+        frames = [data_msg(port, 20) for _ in range(9)]
+        for t in threads:
+            t.join(20)
+        assert errors == []
+        assert sorted(f[:1] for f in frames) == [b"a"] * 3 + [b"b"] * 3 + [b"c"] * 3
+        assert all(len(f) == 300_000 and f == f[:1] * len(f) for f in frames), "a frame mixed two writers"
         closed(port)
 
 
