@@ -233,7 +233,7 @@ class SessionPoolConfig:
     init_timeout: float = 10.0
     close_timeout: float = 2.0
     start_timeout: float = 30.0
-    max_start_failures: int | None = None  # None: pool_size
+    max_start_failures: int | None = None  # None: pool_size, at least 2
     worker_idle_timeout: float | None = None
     max_restarts: int = 10
     max_seconds: float = 10.0
@@ -374,7 +374,10 @@ def _zygote_spec(config: SessionPoolConfig) -> dict[str, Any]:
         str(config.name), config.handlers, config.codec, config.python, config.env, config.cwd,
         init_timeout=config.init_timeout, close_timeout=config.close_timeout,
     )
-    start = functools.partial(ZygoteActor.start_link, name=(config.name, "zygote"), timeout=config.init_timeout + 2.0)
+    # Its init may wait init_timeout for the zygote, then close it (up to 3 close_timeouts):
+    # the start must wait longer, or a failure's stderr would be lost to a start timeout.
+    timeout = config.init_timeout + 3 * config.close_timeout + 1.0
+    start = functools.partial(ZygoteActor.start_link, name=(config.name, "zygote"), timeout=timeout)
     return {"id": "zygote", "start": (start, (zcfg,)), "restart": "permanent", "shutdown": config.close_timeout * 3 + 1.0}
 
 
@@ -594,8 +597,8 @@ class SessionPool:
         Options: `codec`, `checkout_timeout` (waiting for a worker), `call_timeout` (default for
         calls), `init_timeout` (a worker's first ping), `close_timeout`, `start_timeout` (all
         workers ready), `max_start_failures` (worker starts that may fail in a row before the
-        start gives up; default pool_size, so a worker that cannot start at all, say a handler
-        module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
+        start gives up; default pool_size and at least 2, so a worker that cannot start at all,
+        say a handler module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
         (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
         `cwd`, `start_mode` (``"spawn"``, or ``"zygote"`` to fork workers from a warm template
         process: see `bridge.zygote`). Raises `otp.StartError` when the workers do not come up
@@ -624,7 +627,7 @@ class SessionPool:
             pool.child_spec(
                 _SessionWorker, shared, id="pool", name=(name, "pool"), pool_size=pool_size,
                 min_ready="all", start_timeout=config.start_timeout,
-                max_start_failures=config.max_start_failures or pool_size,
+                max_start_failures=max(2, pool_size) if config.max_start_failures is None else config.max_start_failures,
                 worker_idle_timeout=config.worker_idle_timeout, shutdown=config.close_timeout * 3 + 2.0,
             ),
         ]

@@ -239,6 +239,8 @@ def _boot(config: WorkerConfig) -> WorkerHandle:
     """Open the port and complete the first ping. Passive mode: only this port's bytes matter,
     so unrelated messages arriving meanwhile stay in the mailbox untouched."""
     codec = get_codec(config.codec)
+    # One init_timeout for the whole boot: a fork from the zygote, then the first ping.
+    deadline = time.monotonic() + config.init_timeout
     spawn = None if config.zygote is None else ZygoteActor.spawner(config.zygote, config.worker_id, config.init_timeout)
     try:
         port = Port.open(
@@ -250,7 +252,7 @@ def _boot(config: WorkerConfig) -> WorkerHandle:
         raise WorkerInitError(f"cannot start worker {config.worker_id}: {exc.message}") from None
     handle = WorkerHandle(config.worker_id, otp.self(), port, codec)
     try:
-        request(port, codec, 0, "ping", [], None, config.init_timeout, config.worker_id)
+        request(port, codec, 0, "ping", [], None, max(0.0, deadline - time.monotonic()), config.worker_id)
     except (PortError, WorkerError) as exc:
         port.close()
         port.wait_closed(config.close_timeout * 3)

@@ -10,22 +10,27 @@ on our development VM); forking one from a process that has already paid for bot
 for requests; each new worker is a fork of it that runs `bridge.worker.main` with the
 zygote's handlers and codec, on pipes its parent made.
 
-Protocol, on stdin/stdout as packet-4 JSON frames (stdout is claimed for frames before any
-handler is imported, as the worker does)::
+Protocol. Requests and their replies travel on a Unix socket (SOCK_SEQPACKET: one message per
+request, the JSON and the fds in the same message); exit reports are packet-4 JSON frames on
+stdout (claimed for frames before any handler is imported, as the worker does)::
 
-    zygote -> parent   {"ready": zygote_pid}                       once, when the imports are done
-    parent -> zygote   {"spawn": tag, "worker_id": "w3"}           then, on the socket, one message
-                                                                   carrying the worker's stdin,
-                                                                   stdout and stderr fds
-    zygote -> parent   {"spawned": tag, "pid": pid}                or {"spawned": tag, "error": "..."}
-    zygote -> parent   {"exited": pid, "status": status}           for each worker it reaped
-                                                                   (negative: killed by that signal)
+    zygote -> parent   frame {"ready": zygote_pid}                once, when the imports are done
+    parent -> zygote   socket {"spawn": tag, "worker_id": "w3"}   with the worker's stdin, stdout
+                                                                  and stderr fds
+    zygote -> parent   socket {"spawned": tag, "pid": pid}        with a pidfd of the new worker,
+                                                                  or {"spawned": tag, "error": "..."}
+    zygote -> parent   frame {"exited": pid, "status": status}    for each worker it reaped
+                                                                  (negative: killed by that signal)
 
-The zygote is the workers' parent: it reaps them and reports their statuses, which is all the
-parent needs, since it watches each worker through a pidfd. Lifetimes chain: the zygote dies
-with the Python process that started it (its parent-death signal), and each worker dies with the
+The zygote is the workers' parent: it reaps them and reports their statuses. The parent watches
+each worker through the pidfd the zygote opened right after the fork, before it could reap the
+worker, so a pid reused since never gets mistaken for it. Lifetimes chain: the zygote dies with
+the Python process that started it (its parent-death signal), and each worker dies with the
 zygote (its own). The zygote exits on stdin EOF or SIGTERM, and with status 3 if a handler
 module does not import (the traceback on stderr), as a worker would.
+
+A forked worker keeps what the handler modules opened at import (files, log handlers) and runs
+their ``atexit`` hooks when it exits, as a worker started on its own would.
 
 The zygote must stay single-threaded: a fork copies only the calling thread, and a handler
 module that starts threads at import time is not fit for it.
@@ -41,10 +46,11 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from bridge import worker
 from bridge.codec import DEFAULT_CODEC, CodecError, get_codec
-from bridge.framing import PacketDecoder, encode_frame
+from bridge.framing import encode_frame
 
 __all__ = ["main"]
 
@@ -75,22 +81,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     worker_args = ["--codec", codec, *(a for m in handlers for a in ("--handler", m))]
+    own_fds = [frames_in, frames_out, wake_r, wake_w, sock.fileno()]
     send = _sender(frames_out)
     send({"ready": os.getpid()})
-    decoder = PacketDecoder(4)
     while True:
-        ready, _, _ = select.select([frames_in, wake_r], [], [])
+        ready, _, _ = select.select([frames_in, sock, wake_r], [], [])
         if wake_r in ready:
-            while os.read(wake_r, 512) == 512:
-                pass
+            _drain(wake_r)
             _reap(send)
-        if frames_in in ready:
-            chunk = os.read(frames_in, worker.READ_SIZE)
-            if not chunk:
-                return worker.EXIT_OK  # the parent closed the channel: the workers go with us
-            for frame in decoder.feed(chunk):
-                request = json.loads(frame)
-                send(_spawn(request, sock, worker_args))
+        if sock in ready:
+            request = _take_request(sock)
+            if request is not None:
+                # Called from here, outside any try/finally: the forked worker's exit unwinds
+                # through these frames, and nothing on the way may close or send anything.
+                _spawn(sock, *request, worker_args, own_fds)
+        if frames_in in ready and not os.read(frames_in, worker.READ_SIZE):
+            return worker.EXIT_OK  # the parent closed the channel: the workers go with us
 
 
 def _parse(args: list[str]) -> tuple[int, list[str], str]:
@@ -122,60 +128,96 @@ def _sender(fd: int):  # type: ignore[no-untyped-def]
     return send
 
 
-def _spawn(request: dict[str, object], sock: socket.socket, worker_args: list[str]) -> dict[str, object]:
-    tag = request.get("spawn")
-    # The fds come right after the frame, from the same single-threaded sender.
-    _, fds, _, _ = socket.recv_fds(sock, 16, 3)
-    if len(fds) != 3:
-        for fd in fds:
-            os.close(fd)
-        return {"spawned": tag, "error": f"expected 3 fds with the spawn request, got {len(fds)}"}
+def _take_request(sock: socket.socket) -> tuple[Any, str, list[int]] | None:
+    """The next spawn request: ``(tag, worker_id, fds)``, or None (a bad one was answered)."""
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+    except OSError:
+        return None
+    if not data:
+        return None  # the parent's end is gone; its stdin EOF ends us next
+    tag = None
+    try:
+        request = json.loads(data)
+        tag = request["spawn"]
+        if len(fds) != 3:
+            raise ValueError(f"expected 3 fds with the spawn request, got {len(fds)}")
+        return tag, str(request.get("worker_id")), fds
+    except (ValueError, KeyError, TypeError) as exc:
+        _close_all(fds)
+        _reply(sock, {"spawned": tag, "error": f"bad request: {exc}"})
+        return None
+
+
+def _spawn(sock: socket.socket, tag: Any, worker_id: str, fds: list[int], worker_args: list[str], own_fds: list[int]) -> None:
     zygote = os.getpid()
     sys.stderr.flush()
     try:
         pid = os.fork()
     except OSError as exc:
-        pid = -1
-        error = f"fork failed: {exc}"
+        _close_all(fds)
+        _reply(sock, {"spawned": tag, "error": f"fork failed: {exc}"})
+        return
     if pid == 0:
-        _become_worker(fds, sock, zygote, ["--worker-id", str(request.get("worker_id")), *worker_args])
+        sock.detach()  # the socket object must not close its number later: the worker's by then
+        _become_worker(fds, own_fds, zygote, ["--worker-id", worker_id, *worker_args])
+    _close_all(fds)  # the worker has its own copies
+    try:
+        pidfd = os.pidfd_open(pid)  # before any reaping: this is the worker, whatever its pid
+    except OSError as exc:
+        os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still the worker's
+        _reply(sock, {"spawned": tag, "error": f"pidfd_open failed: {exc}"})
+        return
+    try:
+        _reply(sock, {"spawned": tag, "pid": pid}, [pidfd])
+    finally:
+        os.close(pidfd)
+
+
+def _reply(sock: socket.socket, reply: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    try:
+        socket.send_fds(sock, [json.dumps(reply).encode()], list(fds))
+    except OSError:
+        pass  # the parent went away; its stdin EOF ends us next
+
+
+def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         os.close(fd)
-    if pid < 0:
-        return {"spawned": tag, "error": error}
-    return {"spawned": tag, "pid": pid}
 
 
-def _become_worker(fds: list[int], sock: socket.socket, zygote: int, argv: list[str]) -> None:
-    """In the forked child: take the worker's pipes as fds 0-2 and run the worker. Never returns."""
-    status = 1
+def _become_worker(fds: list[int], own_fds: list[int], zygote: int, argv: list[str]) -> None:
+    """In the forked child: take the worker's pipes as fds 0-2 and run the worker.
+
+    Never returns into the zygote's loop: it ends with the worker's SystemExit, which unwinds
+    this process as any Python program's exit does (atexit hooks run, stdio is flushed).
+    """
     try:
-        sock.detach()  # its fd is closed below; the object must not close a number reused since
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setpgid(0, 0)  # its own process group, as a spawned worker gets from its port
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        os.closerange(3, _max_fd())
+        # The zygote's own fds only: whatever the handler modules opened at import stays theirs.
+        for fd in {*fds, *own_fds}:
+            os.close(fd)
         # The worker's parent-death check compares its parent with this pid: the zygote's.
         os.environ["THREADOTP_PARENT_PID"] = str(zygote)
         status = worker.main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - report anything, then exit: never back into the loop
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001 - report anything; never back into the zygote's loop
         traceback.print_exc()
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
+        status = 1
+    raise SystemExit(status)
 
 
-def _max_fd() -> int:
+def _drain(fd: int) -> None:
     try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (OSError, ValueError):
-        return 65536
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _reap(send) -> None:  # type: ignore[no-untyped-def]

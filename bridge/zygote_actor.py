@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,63 +71,91 @@ class ZygoteConfig:
         return argv
 
 
-class ZygoteChild:
-    """A worker the zygote forked, seen as `Port` sees a `subprocess.Popen`.
+class _ExitBox:
+    """Where a forked worker's status arrives (from the zygote's report), for any thread."""
 
-    Its status is set by the zygote actor when the zygote reports reaping it; `wait` reads it
-    from any thread (the port's I/O thread asks as soon as the worker's pidfd says it exited).
-    A worker whose zygote went away before reporting it dies of its parent-death signal, and
-    its status then reads ``-SIGKILL`` (set when the actor dies).
-    """
-
-    def __init__(self, pid: int, stdin: Any, stdout: Any, stderr: Any) -> None:
-        self.pid = pid
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self._exited = threading.Event()
-        self._status: int | None = None  # written once, before _exited is set
+    def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._exited = threading.Event()
+        self.status: int | None = None  # written once, under _lock, before _exited is set
         self._on_exit: list[Callable[[], None]] = []  # guarded by _lock
 
-    def wait(self, timeout: float | None = None) -> int:
-        """The exit status (negative: killed by that signal); `subprocess.TimeoutExpired` if
-        the zygote has not reported it within `timeout` seconds."""
-        if not self._exited.wait(timeout):
-            raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout or 0.0)
-        assert self._status is not None
-        return self._status
-
-    def notify_exit(self, callback: Callable[[], None]) -> None:
-        """Call `callback()` once the status is known (now, if it is already)."""
+    def set(self, status: int) -> None:
         with self._lock:
-            if not self._exited.is_set():
-                self._on_exit.append(callback)
+            if self._exited.is_set():
                 return
-        callback()
-
-    def _exited_with(self, status: int) -> None:
-        with self._lock:
-            self._status = status
+            self.status = status
             self._exited.set()
             callbacks, self._on_exit = self._on_exit, []
         for callback in callbacks:
             callback()
 
 
+class ZygoteChild:
+    """A worker the zygote forked, seen as `Port` sees a `subprocess.Popen`, plus `pidfd`
+    (the zygote's, opened before it could reap the worker).
+
+    Its status arrives when the zygote reports reaping it; `wait` reads it from any thread (the
+    port's I/O thread asks as soon as the pidfd says the worker exited). A worker whose zygote
+    went away first dies of its parent-death signal: its status then reads ``-SIGKILL``. The
+    actor keeps only the status box: a child nobody took (its caller gave up) is collected, its
+    pipes close, and the worker exits on the EOF.
+    """
+
+    def __init__(self, pid: int, pidfd: int, stdin: Any, stdout: Any, stderr: Any, box: _ExitBox) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._box = box
+        self._closed = False
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (negative: killed by that signal); `subprocess.TimeoutExpired` if
+        the zygote has not reported it within `timeout` seconds."""
+        if not self._box._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout or 0.0)
+        assert self._box.status is not None
+        return self._box.status
+
+    def notify_exit(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the status is known (now, if it is already)."""
+        box = self._box
+        with box._lock:
+            if not box._exited.is_set():
+                box._on_exit.append(callback)
+                return
+        callback()
+
+    def __del__(self) -> None:
+        # Never handed to a port (its caller gave up): the pidfd is ours to close. A port that
+        # took the child took the pidfd too (and set `pidfd` to -1).
+        if self.pidfd >= 0:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+
+
 class _Children:
-    """The workers forked and not yet reported. The actor adds and pops; its death hook, which
-    may run in whichever thread killed it, settles the rest: hence the lock."""
+    """Status boxes of the workers forked and not yet reported. The actor adds and pops; its
+    death hook, which may run in whichever thread killed it, settles the rest: hence the lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_pid: dict[int, ZygoteChild] = {}
+        self._by_pid: dict[int, _ExitBox] = {}
 
-    def add(self, child: ZygoteChild) -> None:
+    def add(self, pid: int) -> _ExitBox:
+        box = _ExitBox()
         with self._lock:
-            self._by_pid[child.pid] = child
+            # A pid reused before its first owner's report was taken would mix the two up;
+            # the actor takes every pending report before it registers a new worker.
+            assert pid not in self._by_pid, f"pid {pid} registered twice"
+            self._by_pid[pid] = box
+        return box
 
-    def pop(self, pid: Any) -> ZygoteChild | None:
+    def pop(self, pid: Any) -> _ExitBox | None:
         with self._lock:
             return self._by_pid.pop(pid, None)
 
@@ -135,8 +164,8 @@ class _Children:
         (the zygote goes with its actor) is what ends them."""
         with self._lock:
             rest, self._by_pid = list(self._by_pid.values()), {}
-        for child in rest:
-            child._exited_with(-signal.SIGKILL)
+        for box in rest:
+            box.set(-signal.SIGKILL)
 
 
 @attrs.define
@@ -205,13 +234,16 @@ class ZygoteActor(otp.GenServer):
 
     def _spawn(self, state: _State, worker_id: str, stderr: Any) -> ZygoteChild:
         tag = next(state.tags)
-        ours: list[Any] = []
-        theirs: list[int] = []
+        ours: list[int] = []  # our ends of the worker's pipes: stdin's write end, stdout's read end, stderr's
+        theirs: list[int] = []  # its ends, passed to the zygote, then closed here
         try:
+            # Each fd goes into its list as soon as it exists, so that a failure closes it.
             stdin_r, stdin_w = os.pipe()
+            theirs.append(stdin_r)
+            ours.append(stdin_w)
             stdout_r, stdout_w = os.pipe()
-            ours += [stdin_w, stdout_r]
-            theirs += [stdin_r, stdout_w]
+            ours.append(stdout_r)
+            theirs.append(stdout_w)
             if stderr == _PIPE:
                 stderr_r, stderr_w = os.pipe()
                 ours.append(stderr_r)
@@ -222,9 +254,9 @@ class ZygoteActor(otp.GenServer):
                 theirs.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
             else:  # None: inherit ours
                 theirs.append(os.dup(2))
-            state.port.command(json.dumps({"spawn": tag, "worker_id": worker_id}).encode())
-            socket.send_fds(state.sock, [b"f"], theirs)
-            reply = otp.receive(lambda m: _frame(m, state.port, "spawned") == tag, timeout=state.config.spawn_timeout)
+            request = json.dumps({"spawn": tag, "worker_id": worker_id}).encode()
+            socket.send_fds(state.sock, [request], theirs)
+            answer, pidfd = self._await_spawned(state, tag, worker_id)
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -232,27 +264,59 @@ class ZygoteActor(otp.GenServer):
         finally:
             for fd in theirs:
                 os.close(fd)  # the worker has its own copies now (or never will)
-        if reply is otp.TIMEOUT:
-            for fd in ours:
-                os.close(fd)
-            raise ZygoteError(f"zygote {state.config.name} did not fork {worker_id} within {state.config.spawn_timeout} s")
-        answer = json.loads(reply.data)
-        if "pid" not in answer:
+        if pidfd is None:
             for fd in ours:
                 os.close(fd)
             raise ZygoteError(f"zygote {state.config.name} could not fork {worker_id}: {answer.get('error')}")
+        self._take_reports(state)  # a report for an earlier worker with this pid goes first
+        box = state.children.add(answer["pid"])
         files = [os.fdopen(ours[0], "wb", buffering=0), os.fdopen(ours[1], "rb", buffering=0)]
         stderr_file = os.fdopen(ours[2], "rb", buffering=0) if len(ours) > 2 else None
-        child = ZygoteChild(answer["pid"], files[0], files[1], stderr_file)
-        state.children.add(child)
-        return child
+        return ZygoteChild(answer["pid"], pidfd, files[0], files[1], stderr_file, box)
+
+    def _await_spawned(self, state: _State, tag: int, worker_id: str) -> tuple[dict[str, Any], int | None]:
+        """The zygote's reply to request `tag`, and the new worker's pidfd (None on an error).
+
+        Replies to earlier requests that timed out are dropped on the way (their workers get
+        EOF at once: nobody holds their pipes)."""
+        timeout = state.config.spawn_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ZygoteError(f"zygote {state.config.name} did not fork {worker_id} within {timeout} s")
+            state.sock.settimeout(left)
+            try:
+                data, fds, _, _ = socket.recv_fds(state.sock, 4096, 1)
+            except TimeoutError:
+                continue
+            if not data:
+                raise ZygoteError(f"zygote {state.config.name} is gone", port=state.port.name,
+                                  stderr_tail=state.port.stderr_tail)
+            answer = json.loads(data)
+            if answer.get("spawned") == tag:
+                return answer, (fds[0] if fds else None)
+            for fd in fds:
+                os.close(fd)
+
+    def _take_reports(self, state: _State) -> None:
+        """Handle the exit reports already in the mailbox."""
+        port = state.port
+        while True:
+            msg = otp.receive(lambda m: m.__class__ is PortData and m.port is port, timeout=0)
+            if msg is otp.TIMEOUT:
+                return
+            self._report(state, msg)
+
+    def _report(self, state: _State, msg: PortData) -> None:
+        report = json.loads(msg.data)
+        box = state.children.pop(report.get("exited"))
+        if box is not None:
+            box.set(int(report["status"]))
 
     def handle_info(self, msg: Any, state: _State) -> Any:
         if msg.__class__ is PortData and msg.port is state.port:
-            report = json.loads(msg.data)
-            child = state.children.pop(report.get("exited"))
-            if child is not None:
-                child._exited_with(int(report["status"]))
+            self._report(state, msg)
             return ("noreply", state)
         if msg.__class__ is PortExit and msg.port is state.port:
             error = msg.error or ZygoteError(
@@ -278,7 +342,13 @@ class ZygoteActor(otp.GenServer):
         try:
             result = otp.call(zygote, ("spawn", worker_id, stderr), timeout)
         except otp.ProcessExit as exc:
-            raise ZygoteError(f"no zygote to fork {worker_id} from: {exc.reason!r}") from None
+            # The call's own exits, ``(why, ("call", ...))``; anything else is the caller's.
+            why = exc.reason[0] if isinstance(exc.reason, tuple) and len(exc.reason) == 2 else None
+            if why is None or not (isinstance(exc.reason[1], tuple) and exc.reason[1][:1] == ("call",)):
+                raise
+            if why == "timeout":
+                raise ZygoteError(f"zygote {zygote!r} did not fork {worker_id} within {timeout} s") from None
+            raise ZygoteError(f"no zygote to fork {worker_id} from ({zygote!r}: {why!r})") from None
         if result[0] != "ok":
             raise result[1] if isinstance(result[1], BaseException) else ZygoteError(repr(result[1]))
         return result[1]  # type: ignore[no-any-return]
@@ -287,13 +357,3 @@ class ZygoteActor(otp.GenServer):
     def spawner(zygote: Any, worker_id: str, timeout: float = 10.0) -> Callable[[Any], ZygoteChild]:
         """What `Port.open(spawn=...)` takes, to start worker `worker_id` from `zygote`."""
         return lambda stderr: ZygoteActor.spawn(zygote, worker_id, stderr, timeout)
-
-
-def _frame(msg: Any, port: Port, key: str) -> Any:
-    """The value under `key` in a JSON frame from `port`, or None for anything else."""
-    if msg.__class__ is not PortData or msg.port is not port:
-        return None
-    try:
-        return json.loads(msg.data).get(key)
-    except ValueError:
-        return None

@@ -146,3 +146,30 @@ def test_forked_workers_do_not_outlive_a_sigkilled_python_process(tmp_path) -> N
         parent.kill()
         parent.wait(10)
         parent.stdout.close()
+
+
+def zygote_os_pid(zygote: otp.Pid) -> int:
+    """The zygote's OS pid: the parent of a worker it forks."""
+    probe = ZygoteActor.spawn(zygote, "probe", subprocess.DEVNULL)
+    with open(f"/proc/{probe.pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def children_of(os_pid: int) -> list[int]:
+    with open(f"/proc/{os_pid}/task/{os_pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_a_worker_forked_after_its_caller_gave_up_is_not_left_running(zygote: otp.Pid) -> None:
+    zpid = zygote_os_pid(zygote)
+    wait_until(lambda: children_of(zpid) == [], 10, "the probe to exit (nobody holds its pipes)")
+    os.kill(zpid, signal.SIGSTOP)  # a zygote that is slow to fork
+    try:
+        with pytest.raises(ZygoteError, match="did not fork late within 0.2 s"):
+            Port.open(["late"], active=False, spawn=ZygoteActor.spawner(zygote, "late", 0.2))
+    finally:
+        os.kill(zpid, signal.SIGCONT)
+    # The fork happens now, for nobody: the actor keeps only its status box, the pipes are
+    # closed with the dropped reply, and the worker exits on the EOF.
+    assert otp.call(zygote, ("spawn", "after", subprocess.DEVNULL), 10)[0] == "ok"
+    wait_until(lambda: children_of(zpid) == [], 10, "the late worker to exit")
