@@ -353,7 +353,10 @@ class TestAsyncStream:
         assert results[1] == ("ok", 2)
         tag, reason = results[0]
         assert tag == "exit" and isinstance(reason, ValueError) and str(reason) == "bad"
-        assert isinstance(expect(Exit).reason, ValueError)  # the link's signal, as a message
+        # The links' signals, as messages: the crash's, and the other task's normal exit.
+        crashed = expect(lambda m: isinstance(m, Exit) and m.reason != "normal")
+        assert isinstance(crashed.reason, ValueError)
+        assert expect(lambda m: isinstance(m, Exit)).reason == "normal"
 
     def test_breaking_out_early_kills_the_tasks_still_running(self) -> None:
         me = otp.self()
