@@ -117,6 +117,17 @@ class PortExit:
     status: int | None
     error: PortError | None = None
 
+    def as_error(self, what: str, kind: type[PortError] | None = None) -> PortError:
+        """The error this exit stands for: the port's own `error`, else ``kind("{what}
+        exited")`` (default `PortClosed`) with the status and the stderr tail."""
+        if self.error is not None:
+            return self.error
+        port = self.port
+        return (kind or PortClosed)(
+            f"{what} exited", port=port.name, os_pid=port.os_pid, status=self.status,
+            stderr_tail=port.stderr_tail,
+        )
+
 
 @attrs.frozen(eq=False)
 class PortStderr:

@@ -203,11 +203,7 @@ class WorkerActor(otp.GenServer):
     def handle_info(self, msg: Any, state: _State) -> Any:
         handle = state.handle
         if msg.__class__ is PortExit and handle is not None and msg.port is handle.port:
-            error = msg.error or PortClosed(
-                f"worker {handle.worker_id} exited", port=handle.port.name, os_pid=handle.port.os_pid,
-                status=msg.status, stderr_tail=handle.port.stderr_tail,
-            )
-            return ("stop", ("worker_exited", error), state)
+            return ("stop", ("worker_exited", msg.as_error(f"worker {handle.worker_id}")), state)
         if msg.__class__ is otp.Exit:
             return ("stop", msg.reason, state)
         return ("noreply", state)  # unrelated messages never confuse the actor

@@ -319,11 +319,7 @@ class ZygoteActor(otp.GenServer):
             self._report(state, msg)
             return ("noreply", state)
         if msg.__class__ is PortExit and msg.port is state.port:
-            error = msg.error or ZygoteError(
-                f"zygote {state.config.name} exited", port=state.port.name, os_pid=state.port.os_pid,
-                status=msg.status, stderr_tail=state.port.stderr_tail,
-            )
-            return ("stop", ("zygote_exited", error), state)
+            return ("stop", ("zygote_exited", msg.as_error(f"zygote {state.config.name}", ZygoteError)), state)
         if msg.__class__ is otp.Exit:
             return ("stop", msg.reason, state)
         return ("noreply", state)
