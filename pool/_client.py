@@ -380,16 +380,7 @@ def checkout(
     me = current()
     if _listening():
         return _checkout_observed(core, me, command, fun, timeout)
-    req = _acquire(core, me, command, timeout)
-    try:  # `_use`, inline: this is every checkout
-        out = fun(req.from_, req.value)
-        if out.__class__ is not tuple or len(out) != 2:
-            raise _bad_fun_result(out)
-    except BaseException as exc:
-        _release(core, me, req, None, exc)
-        raise
-    _release(core, me, req, out[1], None)
-    return out[0]
+    return _use(core, me, _acquire(core, me, command, timeout), fun)
 
 
 def _use(core: Core, me: Process, req: Request, fun: Callable[[From, Any], tuple[Any, Any]]) -> Any:
