@@ -182,17 +182,12 @@ class Task:
         >>> [r for _, r in Task.async_stream([1, 2, 3], lambda x: x * 10, max_concurrency=2)]
         [10, 20, 30]
         """
-        if max_concurrency is None:
-            max_concurrency = os.cpu_count() or 1
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
-        if on_timeout not in ("exit", "kill_task"):
-            raise ValueError(f"on_timeout must be 'exit' or 'kill_task', got {on_timeout!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
         if not callable(fn):
             raise TypeError(f"Task.async_stream expects a callable, got {fn!r}")
-        return _stream(iter(iterable), fn, max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit)
+        return async_stream_of(
+            lambda item: _async(fn, (item,), link=True), iterable, max_concurrency=max_concurrency,
+            ordered=ordered, timeout=timeout, on_timeout=on_timeout, zip_input_on_exit=zip_input_on_exit,
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -241,8 +236,31 @@ class _Running:
         self.item = item
 
 
+def async_stream_of(
+    start: Callable[[Any], Task],
+    iterable: Iterable[Any],
+    *,
+    max_concurrency: int | None = None,
+    ordered: bool = True,
+    timeout: float | None = 5.0,
+    on_timeout: str = "exit",
+    zip_input_on_exit: bool = False,
+) -> Iterator[tuple[str, Any]]:
+    """`Task.async_stream` with the tasks started by ``start(item)`` (a linked `Task.async_`, a
+    supervised task): the options are checked here, before anything runs."""
+    if max_concurrency is None:
+        max_concurrency = os.cpu_count() or 1
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+    if on_timeout not in ("exit", "kill_task"):
+        raise ValueError(f"on_timeout must be 'exit' or 'kill_task', got {on_timeout!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+    return _stream(iter(iterable), start, max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit)
+
+
 def _stream(
-    source: Iterator[Any], fn: Callable[[Any], Any], max_concurrency: int, ordered: bool,
+    source: Iterator[Any], start: Callable[[Any], Task], max_concurrency: int, ordered: bool,
     timeout: float | None, on_timeout: str, zip_input: bool,
 ) -> Iterator[tuple[str, Any]]:
     me = current()
@@ -262,7 +280,7 @@ def _stream(
                 except StopIteration:
                     exhausted = True
                     break
-                task = _async(fn, (item,), link=True)
+                task = start(item)
                 deadline = None if timeout is None else _monotonic() + timeout
                 running[task.ref] = _Running(started, task, deadline, item)
                 started += 1

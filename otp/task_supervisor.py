@@ -10,6 +10,8 @@ caller chooses whether it is linked to them:
   alive with only the ``Down`` carrying the reason. This is how a server runs work that may
   fail without failing itself.
 - `start_child` — fire and forget: a supervised process running ``fn(*args)``.
+- `async_stream` / `async_stream_nolink` — `otp.Task.async_stream` on supervised tasks; with
+  ``nolink`` a crash is an ``("exit", reason)`` element and never crashes the caller.
 
 >>> import otp
 >>> sup = otp.TaskSupervisor.start()
@@ -25,7 +27,7 @@ Tasks are ``temporary`` children (never restarted) with a 5-second ``shutdown`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -37,11 +39,11 @@ from otp._errors import ProcessExit, StartError
 from otp._process import current
 from otp._terms import Down, Pid, Ref
 from otp.supervisor import ChildSpec, SupRef
-from otp.task import Task, _task_main
+from otp.task import Task, _task_main, async_stream_of
 
 __all__ = [
-    "TaskSupervisor", "async_", "async_nolink", "children", "spec", "start", "start_child",
-    "start_link", "stop", "terminate_child",
+    "TaskSupervisor", "async_", "async_nolink", "async_stream", "async_stream_nolink", "children",
+    "spec", "start", "start_child", "start_link", "stop", "terminate_child",
 ]
 
 
@@ -109,6 +111,30 @@ def async_nolink(sup: SupRef, fn: Callable[..., Any], *args: Any) -> Task:
     caller. Raises `StartError` if the supervisor refuses the task.
     """
     return _async(sup, fn, args, linked=False)
+
+
+def async_stream(sup: SupRef, iterable: Iterable[Any], fn: Callable[[Any], Any], **options: Any) -> Iterator[tuple[str, Any]]:
+    """`otp.Task.async_stream`, each task supervised by `sup` and linked to the caller.
+
+    >>> import otp
+    >>> sup = otp.TaskSupervisor.start()
+    >>> list(otp.TaskSupervisor.async_stream(sup, [1, 2], lambda x: -x))
+    [('ok', -1), ('ok', -2)]
+    >>> otp.TaskSupervisor.stop(sup)
+    """
+    return _stream_on(sup, iterable, fn, options, linked=True)
+
+
+def async_stream_nolink(sup: SupRef, iterable: Iterable[Any], fn: Callable[[Any], Any], **options: Any) -> Iterator[tuple[str, Any]]:
+    """Like `async_stream`, with tasks that are not linked: a crash is an ``("exit", reason)``
+    element, and the caller lives on."""
+    return _stream_on(sup, iterable, fn, options, linked=False)
+
+
+def _stream_on(sup: SupRef, iterable: Iterable[Any], fn: Callable[[Any], Any], options: dict[str, Any], *, linked: bool) -> Iterator[tuple[str, Any]]:
+    if not callable(fn):
+        raise TypeError(f"TaskSupervisor.async_stream expects a callable, got {fn!r}")
+    return async_stream_of(lambda item: _async(sup, fn, (item,), linked=linked), iterable, **options)
 
 
 def start_child(
@@ -185,6 +211,8 @@ class TaskSupervisor:
     spec = staticmethod(spec)
     async_ = staticmethod(async_)
     async_nolink = staticmethod(async_nolink)
+    async_stream = staticmethod(async_stream)
+    async_stream_nolink = staticmethod(async_stream_nolink)
     start_child = staticmethod(start_child)
     children = staticmethod(children)
     terminate_child = staticmethod(terminate_child)

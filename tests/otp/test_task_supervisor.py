@@ -6,7 +6,7 @@ import pytest
 
 import otp
 from otp import ANY, TIMEOUT, Down, TaskSupervisor
-from otp.testing import wait_down
+from otp.testing import wait_down, wait_until
 
 
 def crash(message: str) -> None:
@@ -78,6 +78,50 @@ class TestAsync:
         with pytest.raises(otp.StartError) as info:
             TaskSupervisor.async_nolink(sup, sum, [1])
         assert info.value.reason == "max_children"
+
+
+class TestAsyncStream:
+    def test_results_come_in_order_from_supervised_tasks(self) -> None:
+        sup = TaskSupervisor.start_link()
+        seen: list[otp.Pid] = []
+
+        def work(x: int) -> int:
+            seen.append(otp.self())
+            return x + 1
+
+        assert list(TaskSupervisor.async_stream(sup, range(5), work, max_concurrency=2)) == [
+            ("ok", x + 1) for x in range(5)
+        ]
+        assert len(set(seen)) == 5
+        # Each task exits just after its reply: the supervisor hears of it a moment later.
+        wait_until(lambda: TaskSupervisor.children(sup) == [], 5, "the tasks to leave the supervisor")
+        assert otp.receive(timeout=0.05) is TIMEOUT
+
+    def test_nolink_turns_a_crash_into_an_element_and_the_caller_lives_on(self) -> None:
+        sup = TaskSupervisor.start_link()
+        results = list(TaskSupervisor.async_stream_nolink(sup, [1, 2, 3], lambda x: crash("odd") if x % 2 else x))
+        assert results[1] == ("ok", 2)
+        assert [tag for tag, _ in results] == ["exit", "ok", "exit"]
+        assert all(isinstance(r, ValueError) and str(r) == "odd" for tag, r in results if tag == "exit")
+        assert otp.receive(timeout=0.05) is TIMEOUT, "no Down or Exit left behind"
+
+    def test_the_linked_stream_takes_a_non_trapping_caller_down_with_a_crash(self) -> None:
+        sup = TaskSupervisor.start_link()
+
+        def caller() -> None:
+            list(TaskSupervisor.async_stream(sup, [1], lambda x: crash("linked")))
+
+        _, ref = otp.spawn_monitor(caller)
+        assert str(wait_down(ref).reason) == "linked"
+
+    def test_kill_task_on_supervised_tasks(self) -> None:
+        sup = TaskSupervisor.start_link()
+        results = list(TaskSupervisor.async_stream_nolink(
+            sup, ["hang", "ok"], lambda x: otp.receive("never") if x == "hang" else x,
+            timeout=0.1, on_timeout="kill_task",
+        ))
+        assert results == [("exit", "timeout"), ("ok", "ok")]
+        assert TaskSupervisor.children(sup) == []
 
 
 class TestStartChild:
