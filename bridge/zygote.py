@@ -19,8 +19,9 @@ stdout (claimed for frames before any handler is imported, as the worker does)::
                                                                   and stderr fds
     zygote -> parent   socket {"spawned": tag, "pid": pid}        with a pidfd of the new worker,
                                                                   or {"spawned": tag, "error": "..."}
-    zygote -> parent   frame {"exited": pid, "status": status}    for each worker it reaped
-                                                                  (negative: killed by that signal)
+    zygote -> parent   frame {"exited": tag, "status": status}    for each worker it reaped, by the
+                                                                  tag of the request that made it
+                                                                  (status < 0: killed by a signal)
 
 The zygote is the workers' parent: it reaps them and reports their statuses. The parent watches
 each worker through the pidfd the zygote opened right after the fork, before it could reap the
@@ -82,19 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     worker_args = ["--codec", codec, *(a for m in handlers for a in ("--handler", m))]
     own_fds = [frames_in, frames_out, wake_r, wake_w, sock.fileno()]
+    tags: dict[int, Any] = {}  # pid -> the tag of the request that forked it, until reaped
     send = _sender(frames_out)
     send({"ready": os.getpid()})
     while True:
         ready, _, _ = select.select([frames_in, sock, wake_r], [], [])
         if wake_r in ready:
             _drain(wake_r)
-            _reap(send)
+            _reap(send, tags)
         if sock in ready:
             request = _take_request(sock)
             if request is not None:
                 # Called from here, outside any try/finally: the forked worker's exit unwinds
                 # through these frames, and nothing on the way may close or send anything.
-                _spawn(sock, *request, worker_args, own_fds)
+                pid = _spawn(sock, *request, worker_args, own_fds)
+                if pid is not None:
+                    tags[pid] = request[0]
         if frames_in in ready and not os.read(frames_in, worker.READ_SIZE):
             return worker.EXIT_OK  # the parent closed the channel: the workers go with us
 
@@ -149,7 +153,8 @@ def _take_request(sock: socket.socket) -> tuple[Any, str, list[int]] | None:
         return None
 
 
-def _spawn(sock: socket.socket, tag: Any, worker_id: str, fds: list[int], worker_args: list[str], own_fds: list[int]) -> None:
+def _spawn(sock: socket.socket, tag: Any, worker_id: str, fds: list[int], worker_args: list[str], own_fds: list[int]) -> int | None:
+    """Fork a worker and answer the request; the worker's pid, or None if there is none."""
     zygote = os.getpid()
     sys.stderr.flush()
     try:
@@ -157,7 +162,7 @@ def _spawn(sock: socket.socket, tag: Any, worker_id: str, fds: list[int], worker
     except OSError as exc:
         _close_all(fds)
         _reply(sock, {"spawned": tag, "error": f"fork failed: {exc}"})
-        return
+        return None
     if pid == 0:
         sock.detach()  # the socket object must not close its number later: the worker's by then
         _become_worker(fds, own_fds, zygote, ["--worker-id", worker_id, *worker_args])
@@ -167,11 +172,12 @@ def _spawn(sock: socket.socket, tag: Any, worker_id: str, fds: list[int], worker
     except OSError as exc:
         os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still the worker's
         _reply(sock, {"spawned": tag, "error": f"pidfd_open failed: {exc}"})
-        return
+        return pid  # reaped and reported like any other
     try:
         _reply(sock, {"spawned": tag, "pid": pid}, [pidfd])
     finally:
         os.close(pidfd)
+    return pid
 
 
 def _reply(sock: socket.socket, reply: dict[str, Any], fds: Sequence[int] = ()) -> None:
@@ -220,7 +226,7 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _reap(send) -> None:  # type: ignore[no-untyped-def]
+def _reap(send, tags: dict[int, Any]) -> None:  # type: ignore[no-untyped-def]
     while True:
         try:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
@@ -228,7 +234,7 @@ def _reap(send) -> None:  # type: ignore[no-untyped-def]
             return
         if pid == 0:
             return
-        send({"exited": pid, "status": os.waitstatus_to_exitcode(wait_status)})
+        send({"exited": tags.pop(pid, None), "status": os.waitstatus_to_exitcode(wait_status)})
 
 
 if __name__ == "__main__":

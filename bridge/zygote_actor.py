@@ -139,31 +139,29 @@ class ZygoteChild:
 
 
 class _Children:
-    """Status boxes of the workers forked and not yet reported. The actor adds and pops; its
-    death hook, which may run in whichever thread killed it, settles the rest: hence the lock."""
+    """Status boxes of the workers forked and not yet reported, by the tag of the request that
+    forked each (never by pid: a pid can be reused). The actor adds and pops; its death hook,
+    which may run in whichever thread killed it, settles the rest: hence the lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_pid: dict[int, _ExitBox] = {}
+        self._by_tag: dict[int, _ExitBox] = {}
 
-    def add(self, pid: int) -> _ExitBox:
+    def add(self, tag: int) -> _ExitBox:
         box = _ExitBox()
         with self._lock:
-            # A pid reused before its first owner's report was taken would mix the two up;
-            # the actor takes every pending report before it registers a new worker.
-            assert pid not in self._by_pid, f"pid {pid} registered twice"
-            self._by_pid[pid] = box
+            self._by_tag[tag] = box
         return box
 
-    def pop(self, pid: Any) -> _ExitBox | None:
+    def pop(self, tag: Any) -> _ExitBox | None:
         with self._lock:
-            return self._by_pid.pop(pid, None)
+            return self._by_tag.pop(tag, None)
 
     def orphaned(self, _pid: otp.Pid, _reason: Any) -> None:
         """The actor died: nobody will report these workers, and their parent-death signal
         (the zygote goes with its actor) is what ends them."""
         with self._lock:
-            rest, self._by_pid = list(self._by_pid.values()), {}
+            rest, self._by_tag = list(self._by_tag.values()), {}
         for box in rest:
             box.set(-signal.SIGKILL)
 
@@ -268,8 +266,7 @@ class ZygoteActor(otp.GenServer):
             for fd in ours:
                 os.close(fd)
             raise ZygoteError(f"zygote {state.config.name} could not fork {worker_id}: {answer.get('error')}")
-        self._take_reports(state)  # a report for an earlier worker with this pid goes first
-        box = state.children.add(answer["pid"])
+        box = state.children.add(tag)
         files = [os.fdopen(ours[0], "wb", buffering=0), os.fdopen(ours[1], "rb", buffering=0)]
         stderr_file = os.fdopen(ours[2], "rb", buffering=0) if len(ours) > 2 else None
         return ZygoteChild(answer["pid"], pidfd, files[0], files[1], stderr_file, box)
@@ -298,15 +295,6 @@ class ZygoteActor(otp.GenServer):
                 return answer, (fds[0] if fds else None)
             for fd in fds:
                 os.close(fd)
-
-    def _take_reports(self, state: _State) -> None:
-        """Handle the exit reports already in the mailbox."""
-        port = state.port
-        while True:
-            msg = otp.receive(lambda m: m.__class__ is PortData and m.port is port, timeout=0)
-            if msg is otp.TIMEOUT:
-                return
-            self._report(state, msg)
 
     def _report(self, state: _State, msg: PortData) -> None:
         report = json.loads(msg.data)
