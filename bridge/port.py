@@ -395,12 +395,14 @@ class Port:
         else:
             service().call_soon(self._unwatch_stdout)
 
-    def recv(self, timeout: float | None = 5.0) -> bytes:
+    def recv(self, timeout: float | None = 5.0, spin: float = 0.0) -> bytes:
         """Passive mode: the next frame, read in the caller's thread.
 
-        Raises `PortTimeout` after `timeout` seconds, `PortClosed` when the subprocess has
-        exited (with its status and stderr tail), and the process's exit if it is killed while
-        waiting (checked every 0.1 s).
+        With `spin` (seconds), keeps looking for that long before it blocks, as the BEAM's
+        schedulers busy-wait: a frame that comes within it spares the sleep and the wake-up,
+        which on a VM cost more than the look. Raises `PortTimeout` after `timeout` seconds,
+        `PortClosed` when the subprocess has exited (with its status and stderr tail), and the
+        process's exit if it is killed while waiting (checked every 0.1 s).
         """
         # The reply is often in the pipe already (the worker ran while we wrote): one look,
         # without setting up a wait, before the general loop.
@@ -408,6 +410,13 @@ class Port:
         if frame is not None:
             return frame
         deadline = None if timeout is None else time.monotonic() + timeout
+        if spin > 0:  # part of the wait, not on top of it
+            until = time.perf_counter() + (spin if timeout is None else min(spin, timeout))
+            while time.perf_counter() < until:
+                os.sched_yield()  # a worker on this CPU runs now, not after our spin
+                frame = self._recv_ready()
+                if frame is not None:
+                    return frame
         try:
             return self._recv_loop(deadline, timeout)
         except BaseException:

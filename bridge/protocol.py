@@ -61,8 +61,9 @@ def request(
     session_id: Any = None,
     timeout: float | None = 5.0,
     worker_id: str | None = None,
+    spin: float = 0.0,
 ) -> Any:
-    """Send one request over a passive port and return the result.
+    """Send one request over a passive port and return the result (`spin`: see `Port.recv`).
 
     Raises `WorkerError` for an error reply, `BadReply` for garbage, and the port's
     `PortTimeout` / `PortClosed` when the worker is slow or gone.
@@ -72,7 +73,7 @@ def request(
     except CodecError as exc:
         raise TypeError(f"arguments of {command!r} cannot be encoded with {codec.name}: {exc}") from None
     port.command(frame)
-    reply = _decode(port, codec, port.recv(timeout))
+    reply = _decode(port, codec, port.recv(timeout, spin))
     if reply["id"] != request_id:
         # An answer to an older request could only come from a call that timed out on this
         # worker, and such workers are replaced: the stream is not what we think it is.

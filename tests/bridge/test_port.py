@@ -279,6 +279,15 @@ class TestPassive:
         assert otp.receive(timeout=0) is otp.TIMEOUT
         closed(port)
 
+    def test_recv_with_a_spin_gets_frames_and_still_times_out_clearly(self) -> None:
+        port = Port.open(["cat"], active=False)
+        for i in range(50):
+            port.command(str(i).encode())
+            assert port.recv(5, spin=0.001) == str(i).encode()
+        with pytest.raises(PortTimeout, match="0.05"):
+            port.recv(0.05, spin=0.01)  # the spin is part of the wait, not on top of it
+        closed(port)
+
     def test_recv_times_out_clearly(self) -> None:
         port = Port.open(["cat"], active=False)
         with pytest.raises(PortTimeout, match="0.05"):
