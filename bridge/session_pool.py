@@ -243,6 +243,7 @@ class SessionPoolConfig:
     env: dict[str, str] | None = None
     cwd: str | None = None
     start_mode: str = "spawn"  # or "zygote": fork workers from a warm template process
+    reply_spin: float = 50e-6  # seconds a call keeps looking for its reply before it sleeps
 
     def __attrs_post_init__(self) -> None:
         if self.start_mode not in START_MODES:
@@ -418,6 +419,7 @@ class _SessionWorker(pool.PoolWorker):
                 worker_id, worker_argv(cfg.handlers, worker_id, cfg.codec, cfg.python), cfg.codec,
                 init_timeout=cfg.init_timeout, close_timeout=cfg.close_timeout, env=cfg.env, cwd=cfg.cwd,
                 zygote=(cfg.name, "zygote") if cfg.start_mode == "zygote" else None,
+                reply_spin=cfg.reply_spin,
             )
             spec = {
                 "id": worker_id, "start": (WorkerActor.start_link, (wcfg,)), "restart": "temporary",
@@ -601,7 +603,9 @@ class SessionPool:
         say a handler module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
         (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
         `cwd`, `start_mode` (``"spawn"``, or ``"zygote"`` to fork workers from a warm template
-        process: see `bridge.zygote`). Raises `otp.StartError` when the workers do not come up
+        process: see `bridge.zygote`), `reply_spin` (seconds a call keeps looking for its reply,
+        yielding the CPU between looks, before it sleeps: default 50 us, which spares a wake-up
+        when the worker answers fast from another CPU; 0 to always sleep at once). Raises `otp.StartError` when the workers do not come up
         (with their stderr).
         """
         return cls._start(name, pool_size, handlers, options, link=True)

@@ -64,6 +64,8 @@ class WorkerConfig:
     cwd: str | None = None
     #: A `ZygoteActor` (pid or name) to fork the worker from, instead of starting `argv`.
     zygote: Any = None
+    #: Seconds a call keeps looking for its reply before it sleeps (see `Port.recv`).
+    reply_spin: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -84,6 +86,7 @@ class WorkerHandle:
     _last_id: int = 0  # of the last request sent; guarded by `lock`
     calls: int = 0
     broken: BaseException | None = None
+    reply_spin: float = 0.0  # seconds a call keeps looking for its reply before it sleeps
 
     def call(
         self,
@@ -114,7 +117,7 @@ class WorkerHandle:
                 self.calls += 1
                 return request(
                     port, self.codec, request_id, command, [] if args is None else args,
-                    session_id, timeout, self.worker_id,
+                    session_id, timeout, self.worker_id, self.reply_spin,
                 )
             except WorkerError:
                 raise
@@ -246,7 +249,7 @@ def _boot(config: WorkerConfig) -> WorkerHandle:
         )
     except PortError as exc:
         raise WorkerInitError(f"cannot start worker {config.worker_id}: {exc.message}") from None
-    handle = WorkerHandle(config.worker_id, otp.self(), port, codec)
+    handle = WorkerHandle(config.worker_id, otp.self(), port, codec, reply_spin=config.reply_spin)
     try:
         request(port, codec, 0, "ping", [], None, max(0.0, deadline - time.monotonic()), config.worker_id)
     except (PortError, WorkerError) as exc:
