@@ -3,7 +3,7 @@
 Run as::
 
     python -m bridge.worker --handler mypkg.handlers [--handler ...] \\
-        [--codec json|orjson|msgpack] [--worker-id ID] [--packet 1|2|4]
+        [--codec json|orjson|msgpack] [--worker-id ID] [--packet 1|2|4] [--spin-us N]
 
 It imports the handler modules (which register commands with :mod:`bridge.registry`), then
 serves requests read from stdin and answers on stdout, one ``{packet, N}`` frame per message,
@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import sys
 import time
@@ -325,14 +326,18 @@ def format_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, _skip_own_frames(exc.__traceback__)))
 
 
-def serve(worker: Worker, frames_in: int, frames_out: int) -> int:
+def serve(worker: Worker, frames_in: int, frames_out: int, spin: float = 0.0) -> int:
     """Read request frames from *frames_in* and write replies to *frames_out* until EOF.
 
+    With `spin` (seconds), looks for the next request that long after each reply, yielding the
+    CPU between looks, before it blocks in read: back-to-back calls then find the worker awake.
     Returns the exit status; raises :class:`FramingError` if the input ends mid-frame.
     """
     decoder = PacketDecoder(worker.packet)
     read, reply_frame = os.read, worker.reply_frame
     while True:
+        if spin > 0:
+            _await_input(frames_in, spin)
         chunk = read(frames_in, READ_SIZE)
         if not chunk:
             decoder.eof()
@@ -344,6 +349,15 @@ def serve(worker: Worker, frames_in: int, frames_out: int) -> int:
                 return EXIT_OK  # nobody reads our replies any more: same as EOF
             if worker.stopping:
                 return EXIT_OK
+
+
+def _await_input(fd: int, spin: float) -> None:
+    """Look for input on `fd` for up to `spin` seconds, yielding the CPU between looks."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN | select.POLLHUP)
+    until = time.perf_counter() + spin
+    while not poll.poll(0) and time.perf_counter() < until:
+        os.sched_yield()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -379,7 +393,7 @@ def claim_stdio() -> tuple[int, int]:
 
 USAGE = """\
 usage: python -m bridge.worker [--handler MODULE]... [--codec {json,orjson,msgpack}]
-                               [--worker-id ID] [--packet {1,2,4}]
+                               [--worker-id ID] [--packet {1,2,4}] [--spin-us N]
 
 Serve bridge requests on stdin/stdout with the @handler functions of the given modules.
 
@@ -387,6 +401,8 @@ Serve bridge requests on stdin/stdout with the @handler functions of the given m
   --codec NAME       payload codec, default %(codec)s
   --worker-id ID     name reported by ping and info, default worker-<pid>
   --packet N         frame header size in bytes, default 4
+  --spin-us N        after each reply, look for the next request for N microseconds
+                     (yielding the CPU) before blocking; default 0
 """
 
 
@@ -397,13 +413,14 @@ class UsageError(Exception):
 class Options:
     """The worker's command-line options."""
 
-    __slots__ = ("codec", "handlers", "help", "packet", "worker_id")
+    __slots__ = ("codec", "handlers", "help", "packet", "spin", "worker_id")
 
     def __init__(self) -> None:
         self.handlers: list[str] = []
         self.codec = DEFAULT_CODEC
         self.worker_id: str | None = None
         self.packet = 4
+        self.spin = 0.0
         self.help = False
 
 
@@ -436,6 +453,16 @@ def parse_args(argv: Sequence[str]) -> Options:
     return options
 
 
+def _set_spin(options: Options, value: str) -> None:
+    try:
+        micros = int(value)
+    except ValueError:
+        micros = -1
+    if micros < 0:
+        raise UsageError(f"--spin-us must be a whole number of microseconds >= 0, got {value!r}")
+    options.spin = micros / 1e6
+
+
 def _set_handler(options: Options, value: str) -> None:
     options.handlers.append(value)
 
@@ -461,6 +488,7 @@ _OPTION_SETTERS: dict[str, Callable[[Options, str], None]] = {
     "--codec": _set_codec,
     "--worker-id": _set_worker_id,
     "--packet": _set_packet,
+    "--spin-us": _set_spin,
 }
 
 
@@ -503,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_id = options.worker_id or f"worker-{os.getpid()}"
     worker = Worker(worker_id, codec, options.packet, options.handlers)
     try:
-        return serve(worker, frames_in, frames_out)
+        return serve(worker, frames_in, frames_out, options.spin)
     except FramingError as exc:
         print(f"bridge.worker {worker_id}: framing error: {exc}", file=sys.stderr)
         return EXIT_FRAMING

@@ -41,12 +41,18 @@ class WorkerInitError(PortError):
 
 
 def worker_argv(
-    handlers: Sequence[str], worker_id: str, codec: str = DEFAULT_CODEC, python: str | None = None
+    handlers: Sequence[str], worker_id: str, codec: str = DEFAULT_CODEC, python: str | None = None,
+    spin: float = 0.0,
 ) -> list[str]:
-    """The command line of the worker program, on this interpreter (never `python3` from PATH)."""
+    """The command line of the worker program, on this interpreter (never `python3` from PATH).
+
+    `spin`: seconds the worker looks for its next request after each reply before it blocks.
+    """
     argv = [python or sys.executable, "-m", "bridge.worker", "--worker-id", worker_id, "--codec", codec]
     for module in handlers:
         argv += ["--handler", module]
+    if spin > 0:
+        argv += ["--spin-us", str(round(spin * 1e6))]
     return argv
 
 

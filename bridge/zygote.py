@@ -2,7 +2,7 @@
 
 Run as (by `bridge.zygote_actor`, never by hand)::
 
-    python -m bridge.zygote --socket FD [--handler MODULE]... [--codec NAME]
+    python -m bridge.zygote --socket FD [--handler MODULE]... [--codec NAME] [--spin-us N]
 
 Starting a worker from scratch costs an interpreter start and the handler imports (about 25 ms
 on our development VM); forking one from a process that has already paid for both costs about
@@ -55,7 +55,7 @@ from bridge.framing import encode_frame
 
 __all__ = ["main"]
 
-USAGE = "usage: python -m bridge.zygote --socket FD [--handler MODULE]... [--codec NAME]"
+USAGE = "usage: python -m bridge.zygote --socket FD [--handler MODULE]... [--codec NAME] [--spin-us N]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        sock_fd, handlers, codec = _parse(args)
+        sock_fd, handlers, codec, spin_us = _parse(args)
         get_codec(codec)  # imported now, so that no worker pays for it
     except (ValueError, CodecError) as exc:
         print(f"{USAGE}\nbridge.zygote: error: {exc}", file=sys.stderr)
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    worker_args = ["--codec", codec, *(a for m in handlers for a in ("--handler", m))]
+    worker_args = ["--codec", codec, "--spin-us", spin_us, *(a for m in handlers for a in ("--handler", m))]
     own_fds = [frames_in, frames_out, wake_r, wake_w, sock.fileno()]
     tags: dict[int, Any] = {}  # pid -> the tag of the request that forked it, until reaped
     send = _sender(frames_out)
@@ -103,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker.EXIT_OK  # the parent closed the channel: the workers go with us
 
 
-def _parse(args: list[str]) -> tuple[int, list[str], str]:
+def _parse(args: list[str]) -> tuple[int, list[str], str, str]:
     sock_fd: int | None = None
     handlers: list[str] = []
     codec = DEFAULT_CODEC
+    spin_us = "0"
     while args:
         flag = args.pop(0)
         if not args:
@@ -118,11 +119,13 @@ def _parse(args: list[str]) -> tuple[int, list[str], str]:
             handlers.append(value)
         elif flag == "--codec":
             codec = value
+        elif flag == "--spin-us":
+            spin_us = value  # the workers check it
         else:
             raise ValueError(f"unknown option {flag!r}")
     if sock_fd is None:
         raise ValueError("--socket is required")
-    return sock_fd, handlers, codec
+    return sock_fd, handlers, codec, spin_us
 
 
 def _sender(fd: int):  # type: ignore[no-untyped-def]

@@ -63,11 +63,14 @@ class ZygoteConfig:
     init_timeout: float = 10.0
     spawn_timeout: float = 5.0
     close_timeout: float = 2.0
+    worker_spin: float = 0.0  # the workers' --spin-us (see bridge.worker.serve)
 
     def argv(self, socket_fd: int) -> list[str]:
         argv = [self.python or sys.executable, "-m", "bridge.zygote", "--socket", str(socket_fd), "--codec", self.codec]
         for module in self.handlers:
             argv += ["--handler", module]
+        if self.worker_spin > 0:
+            argv += ["--spin-us", str(round(self.worker_spin * 1e6))]
         return argv
 
 

@@ -371,6 +371,18 @@ def test_stdin_eof_exits_0(worker):
     assert worker.stdout_is_at_eof()
 
 
+def test_a_spinning_worker_serves_and_still_exits_on_eof_and_sigterm(spawn):
+    spinning = spawn("--worker-id", "w-spin", "--spin-us", "200")
+    for i in range(20):
+        assert spinning.result("add", i, 1) == i + 1
+    spinning.close_stdin()  # EOF seen from the spin as from a blocking read
+    assert spinning.wait() == 0
+    other = spawn("--spin-us", "1000000")  # a second-long spin: SIGTERM still ends it at once
+    other.result("ping")
+    other.proc.send_signal(signal.SIGTERM)
+    assert other.wait() == 0
+
+
 def test_sigterm_exits_0(worker):
     worker.result("ping")  # the handler is installed before the first reply can be sent
     worker.proc.send_signal(signal.SIGTERM)
@@ -466,6 +478,7 @@ def test_a_handler_shadowing_a_builtin_exits_3(spawn, tmp_path):
         (["--packet=3"], "--packet must be 1, 2 or 4, got '3'"),
         (["--handler"], "--handler needs a value"),
         (["--verbose"], "unrecognized argument '--verbose'"),
+        (["--spin-us", "-5"], "--spin-us must be a whole number of microseconds >= 0, got '-5'"),
     ],
 )
 def test_a_bad_command_line_exits_2_with_usage(argv, complaint):

@@ -173,3 +173,14 @@ def test_a_worker_forked_after_its_caller_gave_up_is_not_left_running(zygote: ot
     # closed with the dropped reply, and the worker exits on the EOF.
     assert otp.call(zygote, ("spawn", "after", subprocess.DEVNULL), 10)[0] == "ok"
     wait_until(lambda: children_of(zpid) == [], 10, "the late worker to exit")
+
+
+@pytest.mark.parametrize("start_mode", ["spawn", "zygote"])
+def test_spinning_workers_serve_in_either_start_mode(start_mode: str) -> None:
+    with SessionPool.start(f"spin-{start_mode}", 2, ["bridge.examples"], start_mode=start_mode,
+                           worker_spin=100e-6, reply_spin=0.0, close_timeout=0.5) as sp:
+        assert [sp.execute_anonymous("add", [i, i]) for i in range(50)] == [2 * i for i in range(50)]
+        with open(f"/proc/{sp.worker_os_pids()[0]}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        # A spawned worker has it on its own command line; a forked one, on its zygote's.
+        assert b"--spin-us" in argv and argv[argv.index(b"--spin-us") + 1] == b"100"
