@@ -413,6 +413,9 @@ def start_child(sup: SupRef, spec: Any, *, timeout: float | None = None) -> Any:
         normalized = child_spec(spec)
     except InvalidChildSpec as exc:
         return ("error", exc.reason)
+    if normalized.significant:
+        # As Elixir's DynamicSupervisor: no automatic shutdown, so no significant children.
+        return ("error", ("bad_combination", [("auto_shutdown", "never"), ("significant", True)]))
     return call(sup, ("start_child", normalized), timeout)
 
 

@@ -32,6 +32,12 @@ Principles (as in OTP's supervision principles):
   own supervisor then handles. ``max_restarts=0`` means the first restart is one too many. A
   restart whose start fails is retried by the supervisor sending itself a message, never by a
   loop: other requests are served in between, and every retry counts against the intensity.
+- **Automatic shutdown** (OTP 24). A transient or temporary child may be ``significant``; with
+  ``auto_shutdown="any_significant"`` the supervisor stops (reason ``shutdown``) once such a
+  child ends for good (a transient one normally, a temporary one in any way), and with
+  ``"all_significant"`` once the last of them has. A child stopped by the supervisor itself
+  (`terminate_child`, a sibling's restart) never triggers it. With ``"never"`` (the default)
+  significant children are refused.
 - **Shutdown of a child.** Monitor it, send ``shutdown``, wait up to the spec's ``shutdown``
   seconds for the ``Down``, then ``kill``. ``"brutal_kill"`` kills at once; ``"infinity"`` waits
   (the default for supervisors, so that a subtree has the time it needs). The supervisor waits
@@ -110,6 +116,7 @@ RESTARTING: Final = "restarting"
 _RESTART_TYPES = ("permanent", "transient", "temporary")
 _CHILD_TYPES = ("worker", "supervisor")
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_AUTO_SHUTDOWNS = ("never", "any_significant", "all_significant")
 
 SupRef = Any
 """A supervisor's pid or registered name."""
@@ -152,6 +159,8 @@ class ChildSpec:
       ``("ok", pid, info)``, ``"ignore"`` or ``("error", reason)``. `StartError`, a raised
       exception or an exit become ``("error", reason)``.
     - ``restart``: ``"permanent"`` (default), ``"transient"`` or ``"temporary"``.
+    - ``significant``: True for a child whose end may end the supervisor (see `start_link`'s
+      ``auto_shutdown``); only for transient or temporary children. Default False.
     - ``shutdown``: seconds (``>= 0``), ``"brutal_kill"`` or ``"infinity"``; defaults to 5.0 for
       a worker and ``"infinity"`` for a supervisor.
     - ``type``: ``"worker"`` (default) or ``"supervisor"``.
@@ -171,10 +180,16 @@ class ChildSpec:
     shutdown: float | str | None = None
     type: str = "worker"
     modules: Any = None
+    significant: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.restart not in _RESTART_TYPES:
             raise InvalidChildSpec(("invalid_restart_type", self.restart))
+        if not isinstance(self.significant, bool):
+            raise InvalidChildSpec(("invalid_significant", self.significant))
+        if self.significant and self.restart == "permanent":
+            # A permanent child is restarted whatever its end: it can never end the supervisor.
+            raise InvalidChildSpec(("bad_combination", [("restart", "permanent"), ("significant", True)]))
         if self.type not in _CHILD_TYPES:
             raise InvalidChildSpec(("invalid_child_type", self.type))
         if self.shutdown is None:
@@ -518,6 +533,7 @@ class _State:
     period: float
     clock: Clock
     children: list[_Child]  # in start order
+    auto_shutdown: str = "never"
     restarts: deque[float] = attrs.field(factory=deque)  # restart times in the window, newest first
 
 
@@ -538,6 +554,14 @@ def _check_flags(flags: dict[str, Any]) -> None:
         raise InvalidChildSpec(("invalid_period", period))
     if not callable(flags["clock"]):
         raise InvalidChildSpec(("invalid_clock", flags["clock"]))
+    if flags["auto_shutdown"] not in _AUTO_SHUTDOWNS:
+        raise InvalidChildSpec(("invalid_auto_shutdown", flags["auto_shutdown"]))
+
+
+def _check_significant(spec: ChildSpec, auto_shutdown: str) -> None:
+    """A significant child under a supervisor that never shuts down by itself is a mistake."""
+    if spec.significant and auto_shutdown == "never":
+        raise InvalidChildSpec(("bad_combination", [("auto_shutdown", "never"), ("significant", True)]))
 
 
 class _Supervisor(GenServer):
@@ -555,6 +579,8 @@ class _Supervisor(GenServer):
             return ("stop", ("supervisor_data", exc.reason))
         try:
             specs = _check_startspec(children)
+            for spec in specs:
+                _check_significant(spec, flags["auto_shutdown"])
         except InvalidChildSpec as exc:
             return ("stop", ("start_spec", exc.reason))
         self.me = me.pid
@@ -565,6 +591,7 @@ class _Supervisor(GenServer):
             period=float(flags["max_seconds"]),
             clock=flags["clock"],
             children=[_Child(spec) for spec in specs],
+            auto_shutdown=flags["auto_shutdown"],
         )
         failed = self._start_children(state, list(state.children))
         if failed is not None:
@@ -658,7 +685,23 @@ class _Supervisor(GenServer):
                 child.pid = None
             case "remove":
                 state.children.remove(child)
+        if self._auto_shutdown(state, child):
+            logger.bind(supervisor=repr(state.name)).info(
+                "supervisor {sup} shuts down: significant child {id} ended ({how})",
+                sup=state.name, id=child.spec.id, how=state.auto_shutdown,
+            )
+            return ("stop", "shutdown", state)
         return ("noreply", state)
+
+    @staticmethod
+    def _auto_shutdown(state: _State, ended: _Child) -> bool:
+        """OTP's do_auto_shutdown: does this child's end (one not restarted) end us too?"""
+        if state.auto_shutdown == "never" or not ended.spec.significant:
+            return False
+        if state.auto_shutdown == "any_significant":
+            return True
+        # all_significant: when the last significant child still running has ended.
+        return not any(c.spec.significant and isinstance(c.pid, Pid) for c in state.children)
 
     def _restart(self, state: _State, child: _Child, reason: Any) -> Any:
         count = _add_restart(state.restarts, state.clock(), state.period)
@@ -723,6 +766,10 @@ class _Supervisor(GenServer):
         raise ValueError(f"supervisor {state.name!r}: unknown call {request!r}")
 
     def _handle_start_child(self, state: _State, spec: ChildSpec) -> Any:
+        try:
+            _check_significant(spec, state.auto_shutdown)
+        except InvalidChildSpec as exc:
+            return ("error", exc.reason)
         existing = _find(state, spec.id)
         if existing is not None:
             if isinstance(existing.pid, Pid):
@@ -809,10 +856,13 @@ def _count(children: Iterable[_Child]) -> dict[str, int]:
 # -- the public API ----------------------------------------------------------------------------
 
 
-def _flags(strategy: str, max_restarts: int, max_seconds: float, name: Any, clock: Clock | None) -> dict[str, Any]:
+def _flags(
+    strategy: str, max_restarts: int, max_seconds: float, name: Any, clock: Clock | None,
+    auto_shutdown: str = "never",
+) -> dict[str, Any]:
     return {
         "strategy": strategy, "max_restarts": max_restarts, "max_seconds": max_seconds,
-        "name": name, "clock": monotonic if clock is None else clock,
+        "name": name, "clock": monotonic if clock is None else clock, "auto_shutdown": auto_shutdown,
     }
 
 
@@ -837,11 +887,16 @@ def start_link(
     name: Any = None,
     clock: Clock | None = None,
     timeout: float | None = None,
+    auto_shutdown: str = "never",
 ) -> Pid:
     """Start a supervisor linked to the caller; returns its pid once every child has started.
 
     `children` are child specs in any form `child_spec` accepts. `clock` (seconds, monotonic)
-    measures the intensity window; tests pass an `otp.ManualClock`.
+    measures the intensity window; tests pass an `otp.ManualClock`. `auto_shutdown` (OTP 24's):
+    ``"never"`` (default; significant children are refused), ``"any_significant"`` (the
+    supervisor shuts down, reason ``"shutdown"``, when a significant child ends for good: a
+    transient one normally, a temporary one in any way) or ``"all_significant"`` (when the last
+    running significant child does).
 
     Raises `StartError` with reason:
 
@@ -857,7 +912,8 @@ def start_link(
     {'specs': 1, 'active': 1, 'supervisors': 0, 'workers': 1}
     >>> stop(sup)
     """
-    return _start(children, _flags(strategy, max_restarts, max_seconds, name, clock), link=True, timeout=timeout)
+    flags = _flags(strategy, max_restarts, max_seconds, name, clock, auto_shutdown)
+    return _start(children, flags, link=True, timeout=timeout)
 
 
 def start(
@@ -869,10 +925,12 @@ def start(
     name: Any = None,
     clock: Clock | None = None,
     timeout: float | None = None,
+    auto_shutdown: str = "never",
 ) -> Pid:
     """Like `start_link` without the link: for scripts and tests that must outlive a
     supervisor giving up. Same return value and errors."""
-    return _start(children, _flags(strategy, max_restarts, max_seconds, name, clock), link=False, timeout=timeout)
+    flags = _flags(strategy, max_restarts, max_seconds, name, clock, auto_shutdown)
+    return _start(children, flags, link=False, timeout=timeout)
 
 
 def spec(
@@ -886,6 +944,8 @@ def spec(
     max_seconds: float = 5,
     name: Any = None,
     clock: Clock | None = None,
+    auto_shutdown: str = "never",
+    significant: bool = False,
 ) -> ChildSpec:
     """A child spec that starts a supervisor of `children`: how supervisors nest.
 
@@ -893,10 +953,10 @@ def spec(
     >>> inner.type, inner.shutdown
     ('supervisor', 'infinity')
     """
-    flags = _flags(strategy, max_restarts, max_seconds, name, clock)
+    flags = _flags(strategy, max_restarts, max_seconds, name, clock, auto_shutdown)
     return ChildSpec(
         id=id, start=(_start_nested, (list(children), flags)), restart=restart,
-        shutdown=shutdown, type="supervisor", modules=[Supervisor],
+        shutdown=shutdown, type="supervisor", modules=[Supervisor], significant=significant,
     )
 
 

@@ -385,6 +385,98 @@ class TestRestartRules:
 # -- restart intensity ----------------------------------------------------------------------------
 
 
+class TestAutoShutdown:
+    """OTP 24's significant children: one_for_one supervisors that end with their work."""
+
+    def start(self, children: list[Any], auto_shutdown: str) -> tuple[otp.Pid, otp.Ref]:
+        sup = Supervisor.start(children, auto_shutdown=auto_shutdown)
+        for _ in children:
+            next_event("started")
+        return sup, otp.monitor(sup)
+
+    def test_any_significant_a_transient_childs_normal_end_shuts_the_supervisor_down(self) -> None:
+        sup, ref = self.start([worker("a"), worker("job", restart="transient", significant=True)], "any_significant")
+        [(_, job, _, _)] = [c for c in Supervisor.which_children(sup) if c[0] == "job"]
+        otp.call(job, ("exit", "normal"))
+        assert wait_down(ref).reason == "shutdown"
+        assert next_event("stopped") == ("stopped", "job", "normal")
+        assert next_event("stopped") == ("stopped", "a", "shutdown"), "the others are stopped in order"
+
+    def test_a_transient_significant_child_that_crashes_is_restarted_instead(self) -> None:
+        sup, ref = self.start([worker("job", restart="transient", significant=True)], "any_significant")
+        [(_, job, _, _)] = Supervisor.which_children(sup)
+        otp.call(job, ("exit", "boom"))
+        assert next_event("started")[1] == "job"
+        assert otp.receive(lambda m: isinstance(m, otp.Down), timeout=0.05) is TIMEOUT
+        Supervisor.stop(sup)
+
+    def test_a_temporary_significant_child_ends_the_supervisor_however_it_ends(self) -> None:
+        sup, ref = self.start([worker("job", restart="temporary", significant=True)], "any_significant")
+        [(_, job, _, _)] = Supervisor.which_children(sup)
+        otp.call(job, ("exit", "boom"))
+        assert wait_down(ref).reason == "shutdown"
+
+    def test_all_significant_waits_for_the_last_significant_child(self) -> None:
+        sup, ref = self.start(
+            [worker("a"), worker("j1", restart="temporary", significant=True),
+             worker("j2", restart="transient", significant=True)],
+            "all_significant",
+        )
+        pids = {cid: pid for cid, pid, _, _ in Supervisor.which_children(sup)}
+        otp.call(pids["j1"], ("exit", "normal"))
+        assert otp.call(pids["a"], "ping") == "pong", "one significant child is still running"
+        assert otp.receive(lambda m: isinstance(m, otp.Down), timeout=0.05) is TIMEOUT
+        otp.call(pids["j2"], ("exit", ("shutdown", "done")))
+        assert wait_down(ref).reason == "shutdown"
+
+    def test_a_non_significant_child_never_ends_the_supervisor(self) -> None:
+        sup, ref = self.start([worker("side", restart="temporary"), worker("a")], "any_significant")
+        [(_, side, _, _)] = [c for c in Supervisor.which_children(sup) if c[0] == "side"]
+        otp.call(side, ("exit", "normal"))
+        assert otp.call(Supervisor.which_children(sup)[0][1], "ping") == "pong"
+        assert otp.receive(lambda m: isinstance(m, otp.Down), timeout=0.05) is TIMEOUT
+        Supervisor.stop(sup)
+
+    def test_terminate_child_does_not_trigger_it(self) -> None:
+        sup, ref = self.start([worker("a"), worker("job", restart="transient", significant=True)], "any_significant")
+        assert Supervisor.terminate_child(sup, "job") == "ok"
+        assert otp.receive(lambda m: isinstance(m, otp.Down), timeout=0.05) is TIMEOUT
+        Supervisor.stop(sup)
+
+    @pytest.mark.parametrize(
+        ("spec", "flags", "reason"),
+        [
+            ({"restart": "permanent", "significant": True}, {"auto_shutdown": "any_significant"},
+             ("bad_combination", [("restart", "permanent"), ("significant", True)])),
+            ({"restart": "transient", "significant": True}, {},
+             ("bad_combination", [("auto_shutdown", "never"), ("significant", True)])),
+            ({"restart": "transient", "significant": "yes"}, {"auto_shutdown": "any_significant"},
+             ("invalid_significant", "yes")),
+        ],
+    )
+    def test_bad_combinations_are_refused_with_otps_reasons(self, spec: dict[str, Any], flags: dict[str, Any], reason: Any) -> None:
+        with pytest.raises(otp.StartError) as info:
+            Supervisor.start([worker("x", **spec)], **flags)
+        assert info.value.reason == ("start_spec", reason)
+
+    def test_start_child_checks_significance_against_the_running_supervisor(self) -> None:
+        sup = Supervisor.start([])
+        assert Supervisor.start_child(sup, worker("j", restart="temporary", significant=True)) == (
+            "error", ("bad_combination", [("auto_shutdown", "never"), ("significant", True)])
+        )
+        Supervisor.stop(sup)
+        with pytest.raises(otp.StartError) as info:
+            Supervisor.start([], auto_shutdown="sometimes")
+        assert info.value.reason == ("supervisor_data", ("invalid_auto_shutdown", "sometimes"))
+
+    def test_a_dynamic_supervisor_refuses_significant_children(self) -> None:
+        dyn = otp.DynamicSupervisor.start()
+        assert otp.DynamicSupervisor.start_child(dyn, worker("j", restart="temporary", significant=True)) == (
+            "error", ("bad_combination", [("auto_shutdown", "never"), ("significant", True)])
+        )
+        otp.DynamicSupervisor.stop(dyn)
+
+
 class TestIntensity:
     def _start(self, clock: otp.ManualClock, max_restarts: int, max_seconds: float = 5) -> tuple[otp.Pid, otp.Ref]:
         sup = Supervisor.start([worker("a"), worker("b")], max_restarts=max_restarts,
