@@ -4,7 +4,8 @@ A worker started this way answers its first ping about 2.5 ms after the request,
 ~28 ms a fresh interpreter needs (on our development VM), so a pool starts, and recovers from a
 crash, that much sooner. The actor opens the zygote as a port (its stderr logged, its lifetime
 tied to the actor's), hands each new worker's pipes to it over a Unix socket, and turns the
-zygote's reports into the exit statuses of the workers it forked. `spawner` gives `Port.open` what it needs to start a worker this way:
+zygote's reports into the exit statuses of the workers it forked. `spawner` gives `Port.open`
+what it needs to start a worker this way:
 
 >>> import otp
 >>> from bridge.codec import get_codec
