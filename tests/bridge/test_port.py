@@ -15,6 +15,7 @@ import pytest
 import otp
 from bridge.framing import FrameTooLarge
 from bridge.port import Port, PortClosed, PortData, PortError, PortExit, PortStderr, PortTimeout
+from bridge.testing import process_gone
 
 
 def data_msg(port: Port, timeout: float = 5.0) -> bytes:
@@ -355,21 +356,13 @@ def test_children_do_not_outlive_a_sigkilled_parent(tmp_path, argv: str) -> None
         parent.kill()
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while _exists(child) and time.monotonic() < deadline:
+        while not process_gone(child) and time.monotonic() < deadline:
             time.sleep(0.02)  # polling /proc for a process we cannot wait on (not our child)
-        assert not _exists(child), "the port's child outlived its SIGKILLed parent"
+        assert process_gone(child), "the port's child outlived its SIGKILLed parent"
     finally:
         parent.kill()
         parent.wait(10)
         parent.stdout.close()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:  # gone between open and read (ProcessLookupError) or before
-        return False
 
 
 def test_a_forked_child_starts_its_own_io_service(tmp_path) -> None:

@@ -31,6 +31,7 @@ from bridge.session_pool import (
     WorkerCrashed,
     WorkerError,
 )
+from bridge.testing import process_gone, reaped_child
 from otp import observer, telemetry
 from otp.testing import wait_until
 
@@ -72,16 +73,6 @@ def worker_pids(sp: SessionPool) -> dict[str, int]:
             if otp.is_alive(actor):
                 raise
     return out
-
-
-def os_pid_is_gone(os_pid: int) -> bool:
-    """The process is not our child any more (it was reaped), whatever reused its number."""
-    try:
-        with open(f"/proc/{os_pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return int(fields[1]) != os.getpid()
 
 
 def replaced(sp: SessionPool, size: int, gone: str) -> bool:
@@ -330,7 +321,7 @@ def test_a_client_killed_inside_a_call_gets_its_worker_replaced() -> None:
 
         wait_until(replaced_one, what="the pool to replace the client's worker")
         (gone,) = set(before) - set(worker_pids(sp))
-        wait_until(lambda: os_pid_is_gone(before[gone]), what="the worker subprocess to end")
+        wait_until(lambda: reaped_child(before[gone]), what="the worker subprocess to end")
         assert sp.stats().restarts == 1
         assert [sp.execute_anonymous("add", [i, i]) for i in range(4)] == [0, 2, 4, 6]
 
@@ -406,7 +397,7 @@ def test_a_session_keeps_its_worker_while_others_run_and_is_lost_with_it() -> No
                     sp.execute_in_session(sid, "counter_get")
             else:
                 assert sp.execute_in_session(sid, "counter_get") == 25
-        assert os_pid_is_gone(victim_pid)
+        assert reaped_child(victim_pid)
 
 
 # -- 3. call outcomes ---------------------------------------------------------------------------
@@ -425,7 +416,7 @@ def test_a_call_over_its_timeout_raises_call_timeout_and_its_worker_is_replaced(
         wait_until(lambda: replaced(sp, 2, exc.worker_id), what="the hung worker to be replaced")
         after = worker_pids(sp)
         assert len(after) == 2 and len(set(after) - set(before)) == 1
-        wait_until(lambda: os_pid_is_gone(before[exc.worker_id]), what="the hung subprocess to end")
+        wait_until(lambda: reaped_child(before[exc.worker_id]), what="the hung subprocess to end")
         s = sp.stats()
         assert s.restarts == 1 and s.worker_failures == 1
         assert sp.execute_anonymous("echo", ["next"]) == "next"
@@ -725,7 +716,7 @@ def test_killing_a_worker_actor_closes_its_subprocess_and_the_pool_replaces_it()
         otp.exit(actor, "kill")  # untrappable: no terminate, the owner's death closes the port
         assert otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=10).reason == "killed"
         wait_until(lambda: replaced(sp, 2, worker_id), 15, "a replacement worker")
-        wait_until(lambda: os_pid_is_gone(os_pid), 15, "the subprocess to be reaped")
+        wait_until(lambda: reaped_child(os_pid), 15, "the subprocess to be reaped")
         assert sp.execute_anonymous("add", [20, 22]) == 42
         assert sp.stats().restarts == 1
 
@@ -815,15 +806,6 @@ def client(sp: SessionPool, me: int, until: float, problems: list[str]) -> tuple
     return session, outcomes
 
 
-def is_gone(os_pid: int) -> bool:
-    """No such process, or only its zombie: for workers that are not our children (a zygote's)."""
-    try:
-        with open(f"/proc/{os_pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.parametrize("start_mode", ["spawn", "zygote"])
 def test_callers_in_eight_threads_survive_workers_killed_at_random(start_mode: str) -> None:
     sp = SessionPool.start(
@@ -832,7 +814,7 @@ def test_callers_in_eight_threads_survive_workers_killed_at_random(start_mode: s
         circuit_failures=5, circuit_reset=0.3, start_mode=start_mode,
     )
     # Our own children are gone once reaped; a zygote's are reaped by the zygote.
-    gone = os_pid_is_gone if start_mode == "spawn" else is_gone
+    gone = reaped_child if start_mode == "spawn" else process_gone
     seen: set[int] = set()
     killed: list[int] = []
     outcomes: Counter[str] = Counter()

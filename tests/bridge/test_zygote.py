@@ -18,6 +18,7 @@ from bridge.codec import get_codec
 from bridge.port import Port, PortClosed, PortExit
 from bridge.protocol import request
 from bridge.session_pool import SessionPool
+from bridge.testing import process_gone
 from bridge.zygote_actor import ZygoteActor, ZygoteConfig, ZygoteError
 from otp.testing import wait_until
 
@@ -34,15 +35,6 @@ def zygote() -> Iterator[otp.Pid]:
 
 def forked(zygote: otp.Pid, worker_id: str, **options: object) -> Port:
     return Port.open([worker_id], active=False, spawn=ZygoteActor.spawner(zygote, worker_id), **options)  # type: ignore[arg-type]
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (polled: it is not our child, we cannot wait on it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_a_forked_worker_serves_calls_and_reports_its_identity(zygote: otp.Pid) -> None:
@@ -96,7 +88,7 @@ def test_killing_the_zygote_takes_its_workers_and_its_actor_down(zygote: otp.Pid
     os.kill(zygote_process, signal.SIGKILL)
     down = otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=10)
     assert down is not otp.TIMEOUT and down.reason[0] == "zygote_exited"
-    wait_until(lambda: gone(port.os_pid) and gone(zygote_os_pid), 10, "the workers to die with their zygote")
+    wait_until(lambda: process_gone(port.os_pid) and process_gone(zygote_os_pid), 10, "the workers to die with their zygote")
     with pytest.raises(PortClosed):
         port.recv(10)
     port.close()
@@ -115,7 +107,7 @@ def test_a_zygote_pool_serves_recovers_from_kills_and_stops_clean() -> None:
         assert sp.execute_anonymous("add", [2, 2]) == 4
         workers = sp.worker_os_pids()
     for pid in workers:
-        assert gone(pid), f"worker {pid} outlived its pool"
+        assert process_gone(pid), f"worker {pid} outlived its pool"
 
 
 def test_an_unknown_start_mode_is_a_clear_error() -> None:
@@ -139,9 +131,9 @@ def test_forked_workers_do_not_outlive_a_sigkilled_python_process(tmp_path) -> N
         parent.kill()
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while not all(gone(p) for p in workers) and time.monotonic() < deadline:
+        while not all(process_gone(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.02)  # polling /proc: these are not our children, we cannot wait on them
-        assert all(gone(p) for p in workers), "a forked worker outlived its SIGKILLed Python process"
+        assert all(process_gone(p) for p in workers), "a forked worker outlived its SIGKILLed Python process"
     finally:
         parent.kill()
         parent.wait(10)
