@@ -196,14 +196,14 @@ class Port:
         self = object.__new__(cls)
         self._init_fields(list(argv), packet, exit_status, stderr, name, max_frame, stderr_lines, close_timeout, active, tags)
         self._owner = owner
-        child_env = dict(os.environ if env is None else env)
-        child_env["THREADOTP_PARENT_PID"] = str(os.getpid())
         stderr_target = {
             "log": subprocess.PIPE, "pipe": subprocess.PIPE, "merge": subprocess.STDOUT,
             "inherit": None, "devnull": subprocess.DEVNULL,
         }[stderr]
         try:
             if spawn is None:
+                child_env = dict(os.environ if env is None else env)
+                child_env["THREADOTP_PARENT_PID"] = str(os.getpid())
                 popen = service().spawn(
                     self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_target,
                     env=child_env, cwd=cwd, bufsize=0, close_fds=True, process_group=0,
@@ -310,30 +310,36 @@ class Port:
             while not wlock.acquire(timeout=_RECV_SLICE):
                 otp.self()
         try:
-            # Each write happens under the lock, and stdin is closed only after `_closed` was
-            # set under it: a write can never reach a closed fd, or a number the OS has reused
-            # since. The pipe is non-blocking, so the lock is never held waiting for the reader.
-            with self._lock:
-                if self._closed:
-                    written = -1
-                else:
-                    try:
-                        written = os.write(self._stdin_fd, frame)  # a small frame fits in one write
-                    except BlockingIOError:
-                        written = 0
-                    except OSError as exc:
-                        written, problem = -2, exc
-                    else:
-                        self.bytes_out += written
+            written = self._write_some(frame)  # a small frame fits in one write
             if written == len(frame):
                 return
-            if written == -1:
+            if written is None:
                 raise self._error(PortClosed, "command on a closed port")
-            if written == -2:
-                raise self._error(PortClosed, f"the subprocess is gone ({problem.__class__.__name__})") from None
+            if isinstance(written, OSError):
+                raise self._error(PortClosed, f"the subprocess is gone ({written.__class__.__name__})")
             self._write_rest(memoryview(frame)[written:])
         finally:
             wlock.release()
+
+    def _write_some(self, data: bytes | memoryview) -> int | OSError | None:
+        """One non-blocking write: the bytes written (0 when the pipe is full), None when the
+        port is closed, or the error the write raised.
+
+        The write happens under the lock, and stdin is closed only after `_closed` was set under
+        it: a write can never reach a closed fd, or a number the OS has reused since. The pipe
+        is non-blocking, so the lock is never held waiting for the reader.
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            try:
+                written = os.write(self._stdin_fd, data)
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                return exc
+            self.bytes_out += written
+            return written
 
     def _write_rest(self, rest: memoryview) -> None:
         poller = select.poll()
@@ -341,19 +347,8 @@ class Port:
         while rest:
             poller.poll(_RECV_SLICE * 1000)
             otp.self()  # raises in a process that was killed meanwhile
-            with self._lock:
-                if self._closed:
-                    written = -1
-                else:
-                    try:
-                        written = os.write(self._stdin_fd, rest)
-                    except BlockingIOError:
-                        written = 0
-                    except OSError:
-                        written = -1
-                    else:
-                        self.bytes_out += written
-            if written < 0:
+            written = self._write_some(rest)
+            if written is None or isinstance(written, OSError):
                 raise self._error(PortClosed, "the subprocess is gone while a frame was being written")
             rest = rest[written:]
 
