@@ -335,9 +335,13 @@ def serve(worker: Worker, frames_in: int, frames_out: int, spin: float = 0.0) ->
     """
     decoder = PacketDecoder(worker.packet)
     read, reply_frame = os.read, worker.reply_frame
+    poll = None
+    if spin > 0:
+        poll = select.poll()
+        poll.register(frames_in, select.POLLIN | select.POLLHUP)
     while True:
-        if spin > 0:
-            _await_input(frames_in, spin)
+        if poll is not None:
+            _await_input(poll, spin)
         chunk = read(frames_in, READ_SIZE)
         if not chunk:
             decoder.eof()
@@ -351,10 +355,9 @@ def serve(worker: Worker, frames_in: int, frames_out: int, spin: float = 0.0) ->
                 return EXIT_OK
 
 
-def _await_input(fd: int, spin: float) -> None:
-    """Look for input on `fd` for up to `spin` seconds, yielding the CPU between looks."""
-    poll = select.poll()
-    poll.register(fd, select.POLLIN | select.POLLHUP)
+def _await_input(poll: select.poll, spin: float) -> None:
+    """Look for input (on what `poll` watches) for up to `spin` seconds, yielding the CPU
+    between looks."""
     until = time.perf_counter() + spin
     while not poll.poll(0) and time.perf_counter() < until:
         os.sched_yield()
