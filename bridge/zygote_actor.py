@@ -84,6 +84,18 @@ class _ExitBox:
         self.status: int | None = None  # written once, under _lock, before _exited is set
         self._on_exit: list[Callable[[], None]] = []  # guarded by _lock
 
+    def wait(self, timeout: float | None) -> int | None:
+        """The status, once it is known within `timeout` seconds; else None."""
+        return self.status if self._exited.wait(timeout) else None
+
+    def notify(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the status is known (now, if it is already)."""
+        with self._lock:
+            if not self._exited.is_set():
+                self._on_exit.append(callback)
+                return
+        callback()
+
     def set(self, status: int) -> None:
         with self._lock:
             if self._exited.is_set():
@@ -113,24 +125,18 @@ class ZygoteChild:
         self.stdout = stdout
         self.stderr = stderr
         self._box = box
-        self._closed = False
 
     def wait(self, timeout: float | None = None) -> int:
         """The exit status (negative: killed by that signal); `subprocess.TimeoutExpired` if
         the zygote has not reported it within `timeout` seconds."""
-        if not self._box._exited.wait(timeout):
+        status = self._box.wait(timeout)
+        if status is None:
             raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout or 0.0)
-        assert self._box.status is not None
-        return self._box.status
+        return status
 
     def notify_exit(self, callback: Callable[[], None]) -> None:
         """Call `callback()` once the status is known (now, if it is already)."""
-        box = self._box
-        with box._lock:
-            if not box._exited.is_set():
-                box._on_exit.append(callback)
-                return
-        callback()
+        self._box.notify(callback)
 
     def __del__(self) -> None:
         # Never handed to a port (its caller gave up): the pidfd is ours to close. A port that
