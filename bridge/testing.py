@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["process_gone", "reaped_child"]
+__all__ = ["parent_pid", "process_gone", "reaped_child"]
 
 
 def _stat(os_pid: int) -> list[str] | None:
@@ -32,8 +32,13 @@ def process_gone(os_pid: int) -> bool:
     return fields is None or fields[0] == "Z"
 
 
+def parent_pid(os_pid: int) -> int | None:
+    """The OS pid of the process's parent, or None if there is no such process."""
+    fields = _stat(os_pid)
+    return None if fields is None else int(fields[1])
+
+
 def reaped_child(os_pid: int) -> bool:
     """The process is not this process's child any more: it was reaped, whatever may have
     reused its number since."""
-    fields = _stat(os_pid)
-    return fields is None or int(fields[1]) != os.getpid()
+    return parent_pid(os_pid) != os.getpid()

@@ -18,7 +18,7 @@ from bridge.codec import get_codec
 from bridge.port import Port, PortClosed, PortExit
 from bridge.protocol import request
 from bridge.session_pool import SessionPool
-from bridge.testing import process_gone
+from bridge.testing import parent_pid, process_gone
 from bridge.zygote_actor import ZygoteActor, ZygoteConfig, ZygoteError
 from otp.testing import wait_until
 
@@ -81,14 +81,13 @@ def test_killing_the_zygote_takes_its_workers_and_its_actor_down(zygote: otp.Pid
     port = forked(zygote, "z-d")
     assert request(port, CODEC, 1, "ping", [])
     ref = otp.monitor(zygote)
-    zygote_os_pid = otp.call(zygote, ("spawn", "probe", subprocess.DEVNULL), 5)[1].pid
-    # The probe worker is a sibling; its parent is the zygote.
-    with open(f"/proc/{zygote_os_pid}/stat") as f:
-        zygote_process = int(f.read().rsplit(")", 1)[1].split()[1])
-    os.kill(zygote_process, signal.SIGKILL)
+    probe = ZygoteActor.spawn(zygote, "probe", subprocess.DEVNULL)  # a sibling, kept open
+    zygote_pid = parent_pid(probe.pid)
+    assert zygote_pid is not None
+    os.kill(zygote_pid, signal.SIGKILL)
     down = otp.receive(lambda m: isinstance(m, otp.Down) and m.ref == ref, timeout=10)
     assert down is not otp.TIMEOUT and down.reason[0] == "zygote_exited"
-    wait_until(lambda: process_gone(port.os_pid) and process_gone(zygote_os_pid), 10, "the workers to die with their zygote")
+    wait_until(lambda: process_gone(port.os_pid) and process_gone(probe.pid), 10, "the workers to die with their zygote")
     with pytest.raises(PortClosed):
         port.recv(10)
     port.close()
@@ -142,9 +141,9 @@ def test_forked_workers_do_not_outlive_a_sigkilled_python_process(tmp_path) -> N
 
 def zygote_os_pid(zygote: otp.Pid) -> int:
     """The zygote's OS pid: the parent of a worker it forks."""
-    probe = ZygoteActor.spawn(zygote, "probe", subprocess.DEVNULL)
-    with open(f"/proc/{probe.pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    pid = parent_pid(ZygoteActor.spawn(zygote, "probe", subprocess.DEVNULL).pid)
+    assert pid is not None
+    return pid
 
 
 def children_of(os_pid: int) -> list[int]:
