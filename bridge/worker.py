@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import select
 import signal
 import sys
 import time
@@ -73,6 +72,7 @@ from typing import Any
 from bridge.codec import CODECS, DEFAULT_CODEC, Codec, CodecError, EncodeError, get_codec
 from bridge.framing import FrameTooLarge, FramingError, PacketDecoder, encode_frame
 from bridge.registry import RESERVED, commands, lookup
+from bridge.spin import Spinner
 
 __all__ = [
     "EXIT_FRAMING",
@@ -139,6 +139,8 @@ class Worker:
         self.started = time.monotonic()
         #: Set by ``shutdown``: the serve loop exits after writing the reply.
         self.stopping = False
+        #: Set by :func:`serve` when the worker spins for requests; ``info`` reports its stats.
+        self.spinner: Spinner | None = None
         # Built-ins take the request's session_id first, then the request's args.
         self._builtins: dict[str, Callable[..., Any]] = {
             "ping": self._ping,
@@ -214,6 +216,7 @@ class Worker:
             "sessions": len(self.sessions),
             "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "uptime": self._uptime(),
+            "spin": None if self.spinner is None else self.spinner.stats(),
         }
 
     def _session_put(self, session_id: Any, key: str, value: Any) -> None:
@@ -329,19 +332,17 @@ def format_traceback(exc: BaseException) -> str:
 def serve(worker: Worker, frames_in: int, frames_out: int, spin: float = 0.0) -> int:
     """Read request frames from *frames_in* and write replies to *frames_out* until EOF.
 
-    With `spin` (seconds), looks for the next request that long after each reply, yielding the
-    CPU between looks, before it blocks in read: back-to-back calls then find the worker awake.
-    Returns the exit status; raises :class:`FramingError` if the input ends mid-frame.
+    With `spin` (seconds), looks for the next request up to that long after each reply before
+    it blocks in read, while that pays (see :mod:`bridge.spin`): back-to-back calls then find
+    the worker awake. Returns the exit status; raises :class:`FramingError` if the input ends
+    mid-frame.
     """
     decoder = PacketDecoder(worker.packet)
     read, reply_frame = os.read, worker.reply_frame
-    poll = None
-    if spin > 0:
-        poll = select.poll()
-        poll.register(frames_in, select.POLLIN | select.POLLHUP)
+    spinner = worker.spinner = Spinner(frames_in, spin) if spin > 0 else None
     while True:
-        if poll is not None:
-            _await_input(poll, spin)
+        if spinner is not None:
+            spinner.wait()
         chunk = read(frames_in, READ_SIZE)
         if not chunk:
             decoder.eof()
@@ -353,14 +354,6 @@ def serve(worker: Worker, frames_in: int, frames_out: int, spin: float = 0.0) ->
                 return EXIT_OK  # nobody reads our replies any more: same as EOF
             if worker.stopping:
                 return EXIT_OK
-
-
-def _await_input(poll: select.poll, spin: float) -> None:
-    """Look for input (on what `poll` watches) for up to `spin` seconds, yielding the CPU
-    between looks."""
-    until = time.perf_counter() + spin
-    while not poll.poll(0) and time.perf_counter() < until:
-        os.sched_yield()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -404,8 +397,8 @@ Serve bridge requests on stdin/stdout with the @handler functions of the given m
   --codec NAME       payload codec, default %(codec)s
   --worker-id ID     name reported by ping and info, default worker-<pid>
   --packet N         frame header size in bytes, default 4
-  --spin-us N        after each reply, look for the next request for N microseconds
-                     (yielding the CPU) before blocking; default 0
+  --spin-us N        after each reply, look for the next request for up to N microseconds
+                     before blocking, while that pays (see bridge.spin); default 0
 """
 
 
