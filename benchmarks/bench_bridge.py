@@ -69,8 +69,6 @@ from otp import telemetry  # noqa: E402
 __all__ = ["PAYLOAD", "main", "run"]
 
 CODEC = DEFAULT_CODEC
-#: The opt-in worker spin measured beside the defaults (see SessionPool's worker_spin).
-WORKER_SPIN = 100e-6
 HANDLERS = ("bridge.examples",)
 #: 103 bytes in msgpack (the request frame that carries it: 139 bytes).
 PAYLOAD: dict[str, Any] = {
@@ -221,14 +219,14 @@ def round_trip(quick: bool, placement: str) -> list[Result]:
     rounds, calls = (5, 500) if quick else (21, 2000)
     with _placed(placement) as place:
         sp = _start_pool("rt", 1)
-        spinning = _start_pool("rt-spin", 1, worker_spin=WORKER_SPIN)
+        blocking = _start_pool("rt-no-spin", 1, worker_spin=0)
         try:
             place()
             ours = lambda: sp.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
-            ours_spin = lambda: spinning.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
+            ours_blocking = lambda: blocking.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
             for _ in range(300):
                 ours()
-                ours_spin()
+                ours_blocking()
             measure_ours = _per_call_us(ours, calls)
 
             def measure_raw() -> float:
@@ -239,10 +237,11 @@ def round_trip(quick: bool, placement: str) -> list[Result]:
                 assert raw.call("echo", [PAYLOAD]) == PAYLOAD
             assert ours() == PAYLOAD
             t = interleaved(
-                {"ours": measure_ours, "raw": measure_raw, "spin": _per_call_us(ours_spin, calls)}, rounds
+                {"ours": measure_ours, "raw": measure_raw, "no-spin": _per_call_us(ours_blocking, calls)},
+                rounds,
             )
         finally:
-            spinning.stop()
+            blocking.stop()
             sp.stop()
     note = (f"execute_anonymous('echo', [payload]), 1-worker pool, codec {CODEC}; the raw pipe talks "
             f"to the same worker subprocess; {_WHERE[placement]}")
@@ -253,9 +252,9 @@ def round_trip(quick: bool, placement: str) -> list[Result]:
             "raw packet-4 pipe, same worker", note=note,
         ),
         Result(
-            f"round trip, 1 client, {placement}, worker_spin", t["spin"], t["raw"], "us", None,
-            "raw packet-4 pipe", note=note + f"; ours with worker_spin={WORKER_SPIN * 1e6:.0f} us "
-            "(opt-in), against the default pool's raw pipe",
+            f"round trip, 1 client, {placement}, no worker spin", t["no-spin"], t["raw"], "us", None,
+            "raw packet-4 pipe", note=note + "; ours with worker_spin=0 (workers block in read at "
+            "once), against the default pool's raw pipe",
         ),
     ]
 
@@ -299,20 +298,20 @@ EXECUTORS = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky", "pebble")
 
 
 def _vs_process_pools_us(quick: bool, placement: str) -> dict[str, tuple[float, float, float]]:
-    """name -> (ours, theirs, ours with worker_spin) per-call medians, each pool measured
+    """name -> (ours, theirs, ours with worker_spin=0) per-call medians, each pool measured
     against ours on its own.
 
     One pool at a time: the others' helper threads (result handlers, managers that poll) would
     otherwise run on the same CPU and tax whatever is being measured.
     """
     rounds, calls = (3, 200) if quick else (11, 500)
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, tuple[float, float, float]] = {}
     with _placed(placement) as place:
         sp = _start_pool("pools", 1)
-        spinning = _start_pool("pools-spin", 1, worker_spin=WORKER_SPIN)
+        blocking = _start_pool("pools-no-spin", 1, worker_spin=0)
         try:
             ours = lambda: sp.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
-            ours_spin = lambda: spinning.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
+            ours_blocking = lambda: blocking.execute_anonymous("echo", [PAYLOAD])  # noqa: E731
             for name in EXECUTORS:
                 started = _start_executor(name)
                 if started is None:
@@ -323,21 +322,21 @@ def _vs_process_pools_us(quick: bool, placement: str) -> dict[str, tuple[float, 
                     place()  # its helper threads and its worker process
                     for _ in range(100):
                         ours()
-                        ours_spin()
+                        ours_blocking()
                         call()
                     t = interleaved(
                         {
                             "ours": _per_call_us(ours, calls),
-                            "spin": _per_call_us(ours_spin, calls),
+                            "no-spin": _per_call_us(ours_blocking, calls),
                             name: _per_call_us(call, calls),
                         },
                         rounds,
                     )
                 finally:
                     stop()
-                out[name] = (t["ours"], t[name], t["spin"])
+                out[name] = (t["ours"], t[name], t["no-spin"])
         finally:
-            spinning.stop()
+            blocking.stop()
             sp.stop()
     return out
 
@@ -351,15 +350,15 @@ def vs_process_pools(quick: bool, placement: str) -> list[Result]:
         for name, (ours, theirs, _) in t.items()
     ]
     fastest = min(t, key=lambda name: t[name][1])
-    ours, theirs, ours_spin = t[fastest]
+    ours, theirs, ours_blocking = t[fastest]
     missing = sorted(set(EXECUTORS) - set(t))
     note = (f"1 worker each, the same echo function, each pool measured against ours on its own; "
             f"{_WHERE[placement]}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
     results += [
         Result(f"round trip vs the fastest pool, {mode}", ours, theirs, "us",
                Goal.ratio_at_most(0.33) if placement == "split" else None, fastest, note=note),
-        Result(f"round trip vs the fastest pool, {mode}, worker_spin", ours_spin, theirs, "us", None,
-               fastest, note=note + f"; ours with worker_spin={WORKER_SPIN * 1e6:.0f} us (opt-in)"),
+        Result(f"round trip vs the fastest pool, {mode}, no worker spin", ours_blocking, theirs, "us",
+               None, fastest, note=note + "; ours with worker_spin=0"),
     ]
     return results
 

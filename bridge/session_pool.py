@@ -244,7 +244,7 @@ class SessionPoolConfig:
     cwd: str | None = None
     start_mode: str = "spawn"  # or "zygote": fork workers from a warm template process
     reply_spin: float = 50e-6  # seconds a call keeps looking for its reply before it sleeps
-    worker_spin: float = 0.0  # seconds a worker keeps looking for its next request after a reply
+    worker_spin: float = 100e-6  # most seconds a worker looks for its next request after a reply
 
     def __attrs_post_init__(self) -> None:
         if self.start_mode not in START_MODES:
@@ -601,16 +601,18 @@ class SessionPool:
         calls), `init_timeout` (a worker's first ping), `close_timeout`, `start_timeout` (all
         workers ready), `max_start_failures` (worker starts that may fail in a row before the
         start gives up; default pool_size and at least 2, so a worker that cannot start at all,
-        say a handler module that does not import, fails the start at once), `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds`
-        (worker replacement intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
+        say a handler module that does not import, fails the start at once),
+        `worker_idle_timeout` (health pings), `max_restarts`/`max_seconds` (worker replacement
+        intensity), `circuit_failures`/`circuit_reset`, `python`, `env`,
         `cwd`, `start_mode` (``"spawn"``, or ``"zygote"`` to fork workers from a warm template
         process: see `bridge.zygote`), `reply_spin` (seconds a call keeps looking for its reply,
         yielding the CPU between looks, before it sleeps: default 50 us, which spares a wake-up
         when the worker answers fast from another CPU; 0 to always sleep at once), `worker_spin`
-        (seconds each worker keeps looking for its next request after a reply, yielding the CPU,
-        before it blocks: default 0; 100 us made back-to-back calls ~3x faster with the worker
-        on another CPU, at the price of up to that much CPU per request when calls are sparse). Raises `otp.StartError` when the workers do not come up
-        (with their stderr).
+        (most seconds each worker looks for its next request after a reply before it blocks:
+        default 100 us, which makes back-to-back calls about twice as fast with the worker on
+        another CPU; the worker stops spinning for a while when the budget runs out or when its
+        CPU is wanted by someone else, see `bridge.spin`; 0 to always block at once). Raises
+        `otp.StartError` when the workers do not come up (with their stderr).
         """
         return cls._start(name, pool_size, handlers, options, link=True)
 
