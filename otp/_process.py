@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import sys
 import threading
 import time
 import traceback
@@ -381,8 +382,8 @@ def _mark_dead(
             if by_signal:
                 if proc.adopted:
                     proc.raise_pending = True
-                elif proc.in_user and proc.thread is not None:
-                    _interrupt(proc)
+                elif proc.in_user and proc.thread is not None and not _interrupt(proc):
+                    hooks.append(_interrupt_later(proc))
         # The name goes first: whoever sees the Down may register it again at once.
         node = proc.node
         if proc.name is not None:
@@ -422,17 +423,76 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 )
 
 
-def _interrupt(proc: Process) -> None:
-    """Raise `_Interrupted` in a zombie's thread at its next bytecode boundary.
+def _interrupt(proc: Process) -> bool:
+    """Raise `_Interrupted` in a zombie's thread at its next bytecode boundary; False if that
+    is not safe yet (see `_inject_if_safe`), and the caller must retry with `_interrupt_later`.
 
     Called with `proc._lock` held, so it cannot race with `run_process`, which cancels a pending
     injection once the thread is back in runtime code that must finish its own clean-up.
     """
     thread = proc.thread
     if thread is None or thread.ident is None or thread is threading.current_thread():
-        return
+        return True
+    if not _inject_if_safe(thread.ident):
+        return False
     proc.injected = True
-    _set_async_exc(thread.ident, _Interrupted)
+    return True
+
+
+def _inject_if_safe(ident: int) -> bool:
+    """Set `_Interrupted` pending on the thread `ident`, unless it is inside `Thread.start`.
+
+    CPython 3.11 gives a new thread's state its *starter's* id until the new thread runs, and
+    PyThreadState_SetAsyncExc raises in the first thread state with that id: the newest. So an
+    injection into a thread that is starting another lands in the new thread's bootstrap, and
+    the starter waits in ``start()`` for ever. Threads being started are in ``threading._limbo``
+    until well after they take their own id; with threading's limbo lock held none can enter
+    it, so when no entry is still waiting for its id, or the target is not inside
+    ``Thread.start``, the id names the target alone until the injection is done.
+    """
+    limbo_lock = threading._active_limbo_lock  # type: ignore[attr-defined]
+    if not limbo_lock.acquire(blocking=False):  # a finalizer may run with it held: never wait
+        return False
+    try:
+        if any(t._ident is None for t in threading._limbo):  # type: ignore[attr-defined]
+            frame = sys._current_frames().get(ident)
+            while frame is not None:
+                if frame.f_code is _THREAD_START:
+                    return False
+                frame = frame.f_back
+        _set_async_exc(ident, _Interrupted)
+        return True
+    finally:
+        limbo_lock.release()
+
+
+_THREAD_START = threading.Thread.start.__code__
+#: How long a killer keeps trying to interrupt a process that is starting a thread (seconds).
+#: Starting one takes well under a millisecond; a process still inside ``Thread.start`` after
+#: this stops at its next runtime call instead.
+INTERRUPT_PATIENCE = 1.0
+
+
+def _interrupt_later(proc: Process) -> Callable[[Pid, Any], None]:
+    """A death hook that retries `_interrupt` until it is safe, from the killer's thread."""
+
+    def retry(_pid: Pid, _reason: Any) -> None:
+        deadline = _monotonic() + INTERRUPT_PATIENCE
+        while True:
+            with proc._lock:
+                # Back in runtime code, its thread stops by itself (see `current`).
+                if not proc.in_user or proc.injected or _interrupt(proc):
+                    return
+            if _monotonic() > deadline:
+                logger.warning(
+                    "{pid} was killed while starting a thread and is still in Thread.start after "
+                    "{patience} s; its thread will stop at its next runtime call",
+                    pid=proc.pid, patience=INTERRUPT_PATIENCE,
+                )
+                return
+            time.sleep(50e-6)  # the target is finishing Thread.start: poll, nothing to wait on
+
+    return retry
 
 
 def _cancel_interrupt(proc: Process) -> None:

@@ -400,6 +400,27 @@ class TestDeath:
         assert stopped.wait(5)
         assert pid not in otp.processes()
 
+    def test_a_process_killed_while_it_starts_plain_threads_always_stops(self) -> None:
+        # CPython 3.11 gives a thread being started its starter's id until it runs: a kill
+        # injected then landed in the new thread, and the starter waited in start() for ever.
+        for _ in range(150):
+            started = threading.Event()
+
+            def starter(started: threading.Event = started) -> None:
+                while True:
+                    thread = threading.Thread(target=started.set)
+                    thread.start()
+                    thread.join()
+
+            pid, ref = otp.spawn_monitor(starter)
+            assert started.wait(5)
+            otp.exit(pid, "kill")
+            assert wait_down(ref).reason == "killed"
+            thread = pid._proc.thread
+            assert thread is not None
+            thread.join(5)
+            assert not thread.is_alive(), "the killed starter's thread is stuck in Thread.start"
+
     def test_a_zombie_in_foreign_code_is_dead_at_once_and_its_sends_are_dropped(self) -> None:
         me = otp.self()
         release = threading.Event()
