@@ -11,6 +11,7 @@ Locks, and the order in which they are taken (never the other way round):
    changes are rare next to messages, and one lock makes cross-node links and atomic
    spawn_link/monitor trivially correct.
 2. `Process._lock` — the mailbox, status, wake-up and death hooks of one process.
+3. ``threading._active_limbo_lock`` — only ever tried, never waited for (see `_inject_if_safe`).
 
 Nothing here relies on the GIL for correctness: every shared field is read and written under one
 of these locks, as the comments on `Process` say.
@@ -423,9 +424,10 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 )
 
 
-def _interrupt(proc: Process) -> bool:
+def _interrupt(proc: Process, *, look_closer: bool = False) -> bool:
     """Raise `_Interrupted` in a zombie's thread at its next bytecode boundary; False if that
-    is not safe yet (see `_inject_if_safe`), and the caller must retry with `_interrupt_later`.
+    is not known to be safe yet (see `_inject_if_safe`): the caller then retries later with
+    `_interrupt_later`, which may `look_closer`.
 
     Called with `proc._lock` held, so it cannot race with `run_process`, which cancels a pending
     injection once the thread is back in runtime code that must finish its own clean-up.
@@ -433,28 +435,34 @@ def _interrupt(proc: Process) -> bool:
     thread = proc.thread
     if thread is None or thread.ident is None or thread is threading.current_thread():
         return True
-    if not _inject_if_safe(thread.ident):
+    if not _inject_if_safe(thread.ident, look_closer):
         return False
     proc.injected = True
     return True
 
 
-def _inject_if_safe(ident: int) -> bool:
-    """Set `_Interrupted` pending on the thread `ident`, unless it is inside `Thread.start`.
+def _inject_if_safe(ident: int, look_closer: bool) -> bool:
+    """Set `_Interrupted` pending on the thread `ident`, unless it may be inside `Thread.start`.
 
     CPython 3.11 gives a new thread's state its *starter's* id until the new thread runs, and
     PyThreadState_SetAsyncExc raises in the first thread state with that id: the newest. So an
     injection into a thread that is starting another lands in the new thread's bootstrap, and
     the starter waits in ``start()`` for ever. Threads being started are in ``threading._limbo``
     until well after they take their own id; with threading's limbo lock held none can enter
-    it, so when no entry is still waiting for its id, or the target is not inside
-    ``Thread.start``, the id names the target alone until the injection is done.
+    it. So the id names the target alone when no limbo entry still lacks its id (a look at a
+    handful of threads) or, looking closer, when the target is not inside ``Thread.start`` (a
+    walk over every thread's frames: never done under the node's locks).
     """
+    if _NEW_THREADS_TAKE_THEIR_OWN_ID:
+        _set_async_exc(ident, _Interrupted)
+        return True
     limbo_lock = threading._active_limbo_lock  # type: ignore[attr-defined]
     if not limbo_lock.acquire(blocking=False):  # a finalizer may run with it held: never wait
         return False
     try:
         if any(t._ident is None for t in threading._limbo):  # type: ignore[attr-defined]
+            if not look_closer:
+                return False
             frame = sys._current_frames().get(ident)
             while frame is not None:
                 if frame.f_code is _THREAD_START:
@@ -466,6 +474,9 @@ def _inject_if_safe(ident: int) -> bool:
         limbo_lock.release()
 
 
+#: CPython 3.12 binds a new thread state to its own thread before it is linked in (measured:
+#: the 3.11 hang above does not happen on 3.12 or 3.13).
+_NEW_THREADS_TAKE_THEIR_OWN_ID = sys.version_info >= (3, 12)
 _THREAD_START = threading.Thread.start.__code__
 #: How long a killer keeps trying to interrupt a process that is starting a thread (seconds).
 #: Starting one takes well under a millisecond; a process still inside ``Thread.start`` after
@@ -474,14 +485,15 @@ INTERRUPT_PATIENCE = 1.0
 
 
 def _interrupt_later(proc: Process) -> Callable[[Pid, Any], None]:
-    """A death hook that retries `_interrupt` until it is safe, from the killer's thread."""
+    """A death hook that retries `_interrupt` until it is safe, from the killer's thread once
+    it holds no lock of the node."""
 
     def retry(_pid: Pid, _reason: Any) -> None:
         deadline = _monotonic() + INTERRUPT_PATIENCE
         while True:
             with proc._lock:
                 # Back in runtime code, its thread stops by itself (see `current`).
-                if not proc.in_user or proc.injected or _interrupt(proc):
+                if not proc.in_user or proc.injected or _interrupt(proc, look_closer=True):
                     return
             if _monotonic() > deadline:
                 logger.warning(
