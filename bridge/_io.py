@@ -30,6 +30,8 @@ from typing import Any
 
 from loguru import logger
 
+import otp
+
 __all__ = ["IOService", "service"]
 
 SERVICE_THREAD_NAME = "threadotp-service-io"
@@ -175,7 +177,10 @@ def service() -> IOService:
     global _service
     with _service_lock:
         if _service is None:
-            _service = IOService()
+            # A kill must not land between the thread's start and its recording: a second
+            # service would start next time, and the first would run unseen.
+            with otp.uninterruptible():
+                _service = IOService()
         return _service
 
 

@@ -35,6 +35,7 @@ from otp._api import (
     spawn_monitor,
     spawn_opt,
     trap_exit,
+    uninterruptible,
     unlink,
     unregister,
     whereis,
@@ -52,7 +53,7 @@ __all__ = [
     "is_alive", "is_normal_exit", "link", "make_ref", "monitor", "move_death_hook", "post",
     "process_info", "processes", "receive", "register", "remove_death_hook", "reply", "self", "send", "set_default_node",
     "sleep", "spawn", "spawn_link", "spawn_monitor", "spawn_opt", "stop", "trap_exit",
-    "unlink", "unregister", "whereis",
+    "uninterruptible", "unlink", "unregister", "whereis",
 ]
 
 # Supervision (issue 3).

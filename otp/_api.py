@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from otp._process import (
     STRUCTURE,
     Node,
     Process,
+    _cancel_interrupt,
     current,
     default_node,
     run_process,
@@ -23,7 +25,7 @@ from otp._terms import TIMEOUT, Down, Exit, Pid, Ref, make_ref
 __all__ = [
     "ProcessInfo", "demonitor", "exit", "is_alive", "link", "monitor", "process_info",
     "processes", "receive", "register", "self", "send", "sleep", "spawn", "spawn_link",
-    "spawn_monitor", "trap_exit", "unlink", "unregister", "whereis",
+    "spawn_monitor", "trap_exit", "uninterruptible", "unlink", "unregister", "whereis",
 ]
 
 
@@ -80,27 +82,51 @@ def _spawn(
 
 
 def _start_thread(spawner: Process | None, thread: threading.Thread) -> None:
-    """Start `thread` while the spawner cannot be interrupted; exit here if it died meanwhile.
+    """Start `thread`; if the spawner is killed meanwhile, it exits once start() returned.
 
-    CPython 3.11 gives a new thread's state the *spawner's* thread id until the new thread
-    runs, so PyThreadState_SetAsyncExc(spawner's id) in that window lands in the new thread:
-    it dies inside Thread._bootstrap and the spawner waits in start() for ever. So while the
-    thread starts, the spawner does not count as running user code: a kill only marks it dead,
-    and it exits right here, once start() has returned.
+    A kill must not cut a spawn in half (a started thread nobody knows of), and on CPython 3.11
+    it must not be injected while start() runs at all (see `otp._process._inject_if_safe`).
     """
-    if spawner is None or spawner.adopted:
-        thread.start()  # adopted threads are never interrupted
-        return
-    with spawner._lock:
-        in_user, spawner.in_user = spawner.in_user, False
-    try:
+    with _shielded(spawner, "while it spawned a process"):
         thread.start()
+
+
+@contextlib.contextmanager
+def _shielded(proc: Process | None, doing: str) -> Iterator[None]:
+    # Adopted threads are never interrupted.
+    if proc is None or proc.adopted:
+        yield
+        return
+    with proc._lock:
+        if proc.injected:  # killed just now: the block still runs whole, the exit comes after
+            _cancel_interrupt(proc)
+        was_in_user, proc.in_user = proc.in_user, False
+    try:
+        yield
     finally:
-        with spawner._lock:
-            spawner.in_user = in_user
-            dead = spawner.dead
-    if dead:
-        raise ProcessExit(spawner.reason, f"{spawner.pid!r} was killed while it spawned a process")
+        with proc._lock:
+            proc.in_user = was_in_user
+            dead = proc.dead
+    if dead and was_in_user:
+        raise ProcessExit(proc.reason, f"{proc.pid!r} was killed {doing}")
+
+
+def uninterruptible() -> contextlib.AbstractContextManager[None]:
+    """A block of the calling process that a kill cannot cut in half.
+
+    A kill stops a process that runs Python code by raising in its thread between two bytecodes.
+    Inside this block it does not: the process is dead at once for everyone else (links,
+    monitors, names), and its thread leaves the block normally, then raises `ProcessExit`.
+    Use it around a few steps that leave shared state inconsistent if half done, such as
+    starting a thread and recording it. It changes nothing in a thread that is not a process.
+
+    >>> import otp
+    >>> with otp.uninterruptible():
+    ...     pass
+    """
+    from otp._process import _local
+
+    return _shielded(getattr(_local, "proc", None), "inside an uninterruptible block")
 
 
 def _current_if_any() -> Process | None:

@@ -6,9 +6,11 @@ import threading
 import time
 
 import pytest
+from loguru import logger
 
 import otp
 from otp import ANY, TIMEOUT, Down, Exit
+from otp import _process as otp_process
 from otp.testing import wait_down
 
 
@@ -403,23 +405,115 @@ class TestDeath:
     def test_a_process_killed_while_it_starts_plain_threads_always_stops(self) -> None:
         # CPython 3.11 gives a thread being started its starter's id until it runs: a kill
         # injected then landed in the new thread, and the starter waited in start() for ever.
-        for _ in range(150):
-            started = threading.Event()
+        stop = threading.Event()  # ends the loops if a kill ever fails to
+        try:
+            for _ in range(150):
+                started = threading.Event()
 
-            def starter(started: threading.Event = started) -> None:
-                while True:
-                    thread = threading.Thread(target=started.set)
-                    thread.start()
-                    thread.join()
+                def starter(started: threading.Event = started) -> None:
+                    while not stop.is_set():
+                        thread = threading.Thread(target=started.set)
+                        thread.start()
+                        thread.join()
 
+                pid, ref = otp.spawn_monitor(starter)
+                assert started.wait(5)
+                otp.exit(pid, "kill")
+                assert wait_down(ref).reason == "killed"
+                thread = pid._proc.thread
+                assert thread is not None
+                thread.join(5)
+                assert not thread.is_alive(), "the killed starter's thread is stuck in Thread.start"
+        finally:
+            stop.set()
+
+    @pytest.mark.skipif(otp_process._NEW_THREADS_TAKE_THEIR_OWN_ID, reason="CPython 3.11 only")
+    @pytest.mark.parametrize(
+        "outcome", ["injected once its new thread has its id", "given up after the patience"]
+    )
+    def test_a_kill_waits_while_its_target_is_inside_thread_start(
+        self, outcome: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        go, in_start, returned = threading.Event(), threading.Event(), threading.Event()
+
+        class HeldAtTheDoor(threading.Thread):
+            def _bootstrap(self) -> None:  # the starter stays inside start() until `go`
+                in_start.set()
+                go.wait(10)
+                super()._bootstrap()  # type: ignore[misc]
+
+        def starter() -> None:
+            thread = HeldAtTheDoor(target=lambda: None)
+            thread.start()
+            returned.set()
+            thread.join()
+            if outcome == "given up after the patience":
+                otp.self()  # its next runtime call: a zombie stops here
+            while True:  # pure Python: only an injection stops this
+                pass
+
+        lines: list[str] = []
+        sink = logger.add(lines.append, level="WARNING", format="{message}")
+        try:
             pid, ref = otp.spawn_monitor(starter)
-            assert started.wait(5)
-            otp.exit(pid, "kill")
-            assert wait_down(ref).reason == "killed"
+            assert in_start.wait(5)
+            if outcome == "given up after the patience":
+                monkeypatch.setattr(otp_process, "INTERRUPT_PATIENCE", 0.05)
+                otp.exit(pid, "kill")  # returns after the patience, having injected nothing
+                assert any("still in Thread.start" in line for line in lines), lines
+                assert not returned.is_set()
+            else:
+                killer = threading.Thread(target=otp.exit, args=(pid, "kill"))
+                killer.start()  # it keeps trying from its own thread
+            assert wait_down(ref).reason == "killed", "dead for everyone at once"
+            go.set()
             thread = pid._proc.thread
             assert thread is not None
             thread.join(5)
-            assert not thread.is_alive(), "the killed starter's thread is stuck in Thread.start"
+            assert not thread.is_alive()
+            if outcome == "given up after the patience":
+                assert returned.is_set(), "nothing was injected: it stopped at otp.self()"
+            else:  # the injection may land before start() returns: the new thread has its id
+                killer.join(5)
+                assert not killer.is_alive() and lines == []
+        finally:
+            go.set()
+            logger.remove(sink)
+
+    def test_an_uninterruptible_block_runs_whole_and_the_kill_takes_effect_after_it(self) -> None:
+        inside, release, finished = threading.Event(), threading.Event(), threading.Event()
+        after: list[str] = []
+        raised: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                with otp.uninterruptible():
+                    with otp.uninterruptible():  # nested: only the outermost block raises
+                        inside.set()
+                        while not release.is_set():  # pure Python: a kill would land here
+                            pass
+                    after.append("inner block ended")
+                after.append("outer block ended")  # never: the kill takes effect before
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                finished.set()
+
+        pid, ref = otp.spawn_monitor(body)
+        assert inside.wait(5)
+        otp.exit(pid, "kill")
+        assert wait_down(ref).reason == "killed", "dead for everyone at once"
+        assert not finished.is_set()
+        release.set()
+        assert finished.wait(5)
+        assert after == ["inner block ended"]
+        assert isinstance(raised[0], otp.ProcessExit) and raised[0].reason == "killed"
+
+    def test_uninterruptible_changes_nothing_outside_a_process(self) -> None:
+        with otp.uninterruptible():
+            value = 42
+        assert value == 42
 
     def test_a_zombie_in_foreign_code_is_dead_at_once_and_its_sends_are_dropped(self) -> None:
         me = otp.self()
@@ -550,8 +644,6 @@ class TestAdoption:
         assert otp.self() != me
 
     def test_a_crash_report_names_pid_reason_and_stack(self) -> None:
-        from loguru import logger
-
         lines: list[str] = []
         sink = logger.add(lines.append, level="ERROR")
         try:
