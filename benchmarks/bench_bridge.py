@@ -253,8 +253,8 @@ def round_trip(quick: bool, placement: str) -> list[Result]:
         ),
         Result(
             f"round trip, 1 client, {placement}, no worker spin", t["no-spin"], t["raw"], "us", None,
-            "raw packet-4 pipe", note=note + "; ours with worker_spin=0 (workers block in read at "
-            "once), against the default pool's raw pipe",
+            "raw packet-4 pipe to the default worker", note=note + "; ours with worker_spin=0 "
+            "(workers block in read at once), against the raw pipe to the default (spinning) worker",
         ),
     ]
 

@@ -48,7 +48,7 @@ class Spinner:
     Not thread-safe: it belongs to the one thread that serves the fd.
     """
 
-    __slots__ = ("_poll", "_skip", "backoff", "budget", "hits", "misses", "skipped", "yielded")
+    __slots__ = ("_poll", "_skip", "backoff", "budget", "hits", "misses", "skipped", "spun", "yielded")
 
     def __init__(self, fd: int, budget: float) -> None:
         if budget <= 0:
@@ -59,6 +59,7 @@ class Spinner:
         self._skip = 0
         self.backoff = 0
         self.hits = self.misses = self.yielded = self.skipped = 0
+        self.spun = 0.0  # seconds spent spinning, all told: the CPU the spin cost
 
     def wait(self) -> None:
         """Return when input is ready, or when spinning stopped paying (the read then blocks)."""
@@ -67,25 +68,27 @@ class Spinner:
             self.skipped += 1
             return
         poll, clock, sched_yield = self._poll.poll, time.perf_counter, os.sched_yield
-        before = clock()
+        before = start = clock()
         until = before + self.budget
         while not poll(0):
             sched_yield()
             after = clock()
             if after - before > SHARED_CPU:
                 self.yielded += 1
-                self._back_off()
+                self._back_off(after - start)
                 return
             if after >= until:
                 self.misses += 1
-                self._back_off()
+                self._back_off(after - start)
                 return
             before = after
         self.hits += 1
         self.backoff = 0
+        self.spun += clock() - start
 
     def stats(self) -> dict[str, float]:
-        """The budget (µs) and how the waits ended, as the worker's ``info`` reports them."""
+        """The budget (µs), how the waits ended and the time spent spinning (µs), as the
+        worker's ``info`` reports them."""
         return {
             "budget_us": round(self.budget * 1e6),
             "hits": self.hits,
@@ -93,8 +96,10 @@ class Spinner:
             "yielded": self.yielded,
             "skipped": self.skipped,
             "backoff": self.backoff,
+            "spun_us": round(self.spun * 1e6),
         }
 
-    def _back_off(self) -> None:
+    def _back_off(self, spun: float) -> None:
+        self.spun += spun
         self.backoff = min(max(1, self.backoff * 2), MAX_BACKOFF)
         self._skip = self.backoff

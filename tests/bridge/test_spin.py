@@ -70,6 +70,7 @@ def test_misses_back_off_exponentially_up_to_the_cap_and_a_hit_resets(
     # miss, skip 1, miss, skip 2, miss, skip 4, miss, skip 4 (the cap), ...
     assert probes == [True, False, True, False, False, True] + [False] * 4 + [True] + [False] * 4 + [True]
     assert spinner.stats()["misses"] == 5 and spinner.backoff == 4
+    assert spinner.stats()["spun_us"] >= 5 * 20, "each miss spun its whole budget"
     os.write(w, b"x")
     for _ in range(4):
         spinner.wait()  # the backoff runs out; the probe after it finds the input
