@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
@@ -87,31 +87,42 @@ def _start_thread(spawner: Process | None, thread: threading.Thread) -> None:
     A kill must not cut a spawn in half (a started thread nobody knows of), and on CPython 3.11
     it must not be injected while start() runs at all (see `otp._process._inject_if_safe`).
     """
-    with _shielded(spawner, "while it spawned a process"):
+    with _Shield(spawner, "while it spawned a process"):
         thread.start()
 
 
-@contextlib.contextmanager
-def _shielded(proc: Process | None, doing: str) -> Iterator[None]:
-    # Adopted threads are never interrupted.
-    if proc is None or proc.adopted:
-        yield
-        return
-    with proc._lock:
-        if proc.injected:  # killed just now: the block still runs whole, the exit comes after
-            _cancel_interrupt(proc)
-        was_in_user, proc.in_user = proc.in_user, False
-    try:
-        yield
-    finally:
+class _Shield:
+    """The block runs with `proc` out of user code, so a kill cannot interrupt it; a kill that
+    came meanwhile takes effect at the end. A class, not a generator: every spawn enters one."""
+
+    __slots__ = ("doing", "proc", "was_in_user")
+
+    def __init__(self, proc: Process | None, doing: str) -> None:
+        # Adopted threads are never interrupted: nothing to shield.
+        self.proc = None if proc is None or proc.adopted else proc
+        self.doing = doing
+        self.was_in_user = False
+
+    def __enter__(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            with proc._lock:
+                if proc.injected:  # killed just now: the block still runs whole, the exit after
+                    _cancel_interrupt(proc)
+                self.was_in_user, proc.in_user = proc.in_user, False
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        proc = self.proc
+        if proc is None:
+            return
         with proc._lock:
-            proc.in_user = was_in_user
+            proc.in_user = self.was_in_user
             dead = proc.dead
-    if dead and was_in_user:
-        raise ProcessExit(proc.reason, f"{proc.pid!r} was killed {doing}")
+        if dead and self.was_in_user and exc_type is None:
+            raise ProcessExit(proc.reason, f"{proc.pid!r} was killed {self.doing}")
 
 
-def uninterruptible() -> contextlib.AbstractContextManager[None]:
+def uninterruptible() -> AbstractContextManager[None]:
     """A block of the calling process that a kill cannot cut in half.
 
     A kill stops a process that runs Python code by raising in its thread between two bytecodes.
@@ -126,7 +137,7 @@ def uninterruptible() -> contextlib.AbstractContextManager[None]:
     """
     from otp._process import _local
 
-    return _shielded(getattr(_local, "proc", None), "inside an uninterruptible block")
+    return _Shield(getattr(_local, "proc", None), "inside an uninterruptible block")
 
 
 def _current_if_any() -> Process | None:
