@@ -480,31 +480,42 @@ _NEW_THREADS_TAKE_THEIR_OWN_ID = sys.version_info >= (3, 12)
 _THREAD_START = threading.Thread.start.__code__
 #: How long a killer keeps trying to interrupt a process that is starting a thread (seconds).
 #: Starting one takes well under a millisecond; a process still inside ``Thread.start`` after
-#: this stops at its next runtime call instead.
+#: this is left to a thread of its own that keeps trying, so the killer is not held up.
 INTERRUPT_PATIENCE = 1.0
 
 
 def _interrupt_later(proc: Process) -> Callable[[Pid, Any], None]:
     """A death hook that retries `_interrupt` until it is safe, from the killer's thread once
-    it holds no lock of the node."""
+    it holds no lock of the node, then from a thread of its own."""
 
     def retry(_pid: Pid, _reason: Any) -> None:
-        deadline = _monotonic() + INTERRUPT_PATIENCE
-        while True:
-            with proc._lock:
-                # Back in runtime code, its thread stops by itself (see `current`).
-                if not proc.in_user or proc.injected or _interrupt(proc, look_closer=True):
-                    return
-            if _monotonic() > deadline:
-                logger.warning(
-                    "{pid} was killed while starting a thread and is still in Thread.start after "
-                    "{patience} s; its thread will stop at its next runtime call",
-                    pid=proc.pid, patience=INTERRUPT_PATIENCE,
-                )
-                return
-            time.sleep(50e-6)  # the target is finishing Thread.start: poll, nothing to wait on
+        if _retry_interrupt(proc, INTERRUPT_PATIENCE, 50e-6):
+            return
+        logger.warning(
+            "{pid} was killed while starting a thread and is still in Thread.start after "
+            "{patience} s; a background thread keeps trying to stop it",
+            pid=proc.pid, patience=INTERRUPT_PATIENCE,
+        )
+        threading.Thread(
+            target=_retry_interrupt, args=(proc, None, 1e-3), name=f"otp-interrupt-{proc.number}",
+            daemon=True,
+        ).start()
 
     return retry
+
+
+def _retry_interrupt(proc: Process, patience: float | None, every: float) -> bool:
+    """Try `_interrupt` every `every` seconds until it is done or not needed any more (True),
+    or for `patience` seconds (None: for ever) and then return False."""
+    deadline = None if patience is None else _monotonic() + patience
+    while True:
+        with proc._lock:
+            # Back in runtime code, its thread stops by itself (see `current`).
+            if not proc.in_user or proc.injected or _interrupt(proc, look_closer=True):
+                return True
+        if deadline is not None and _monotonic() > deadline:
+            return False
+        time.sleep(every)  # the target is finishing Thread.start: poll, nothing to wait on
 
 
 def _cancel_interrupt(proc: Process) -> None:
