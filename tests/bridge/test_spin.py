@@ -91,10 +91,8 @@ def test_a_long_yield_ends_the_spin_at_once_however_long_the_budget(
 
 @needs_affinity
 def test_a_spin_gives_way_to_another_process_on_its_cpu(pipe: tuple[int, int], pinned: int) -> None:
-    hog = subprocess.Popen(
-        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{pinned}}}); print(flush=True)\nwhile True: pass"],
-        stdout=subprocess.PIPE,
-    )
+    busy_loop = f"import os; os.sched_setaffinity(0, {{{pinned}}}); print(flush=True)\nwhile True: pass"
+    hog = subprocess.Popen([sys.executable, "-c", busy_loop], stdout=subprocess.PIPE)
     try:
         assert hog.stdout is not None and hog.stdout.readline() == b"\n"  # it runs on our CPU now
         spinner = Spinner(pipe[0], 30.0)
