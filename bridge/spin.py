@@ -48,7 +48,9 @@ class Spinner:
     Not thread-safe: it belongs to the one thread that serves the fd.
     """
 
-    __slots__ = ("_poll", "_skip", "backoff", "budget", "hits", "misses", "skipped", "spun", "yielded")
+    __slots__ = (
+        "_poll", "_skip", "backoff", "budget", "hits", "misses", "skipped", "spun", "yielded",
+    )
 
     def __init__(self, fd: int, budget: float) -> None:
         if budget <= 0:

@@ -14,7 +14,9 @@ import bridge.spin
 from bridge.session_pool import SessionPool
 from bridge.spin import Spinner
 
-needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+needs_affinity = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity"
+)
 
 
 @pytest.fixture
@@ -68,7 +70,8 @@ def test_misses_back_off_exponentially_up_to_the_cap_and_a_hit_resets(
         spinner.wait()
         probes.append(spinner.stats()["skipped"] == before)
     # miss, skip 1, miss, skip 2, miss, skip 4, miss, skip 4 (the cap), ...
-    assert probes == [True, False, True, False, False, True] + [False] * 4 + [True] + [False] * 4 + [True]
+    spin, skip = True, False
+    assert probes == [spin, skip, spin, skip, skip, spin, *[skip] * 4, spin, *[skip] * 4, spin]
     assert spinner.stats()["misses"] == 5 and spinner.backoff == 4
     assert spinner.stats()["spun_us"] >= 5 * 20, "each miss spun its whole budget"
     os.write(w, b"x")
@@ -91,7 +94,9 @@ def test_a_long_yield_ends_the_spin_at_once_however_long_the_budget(
 
 @needs_affinity
 def test_a_spin_gives_way_to_another_process_on_its_cpu(pipe: tuple[int, int], pinned: int) -> None:
-    busy_loop = f"import os; os.sched_setaffinity(0, {{{pinned}}}); print(flush=True)\nwhile True: pass"
+    busy_loop = (
+        f"import os; os.sched_setaffinity(0, {{{pinned}}}); print(flush=True)\nwhile True: pass"
+    )
     hog = subprocess.Popen([sys.executable, "-c", busy_loop], stdout=subprocess.PIPE)
     try:
         assert hog.stdout is not None and hog.stdout.readline() == b"\n"  # it runs on our CPU now
@@ -117,7 +122,8 @@ def test_pool_workers_spin_by_default_and_zero_turns_it_off() -> None:
         assert spin["budget_us"] == 100
         waits = spin["hits"] + spin["misses"] + spin["yielded"] + spin["skipped"]
         assert waits >= 51, f"one wait before each request read: {spin}"
-    with SessionPool.start("spin-off", 1, ["bridge.examples"], worker_spin=0, close_timeout=0.5) as sp:
+    off = SessionPool.start("spin-off", 1, ["bridge.examples"], worker_spin=0, close_timeout=0.5)
+    with off as sp:
         assert sp.execute_anonymous("info", [])["spin"] is None
 
 
