@@ -45,6 +45,12 @@ Exit statuses
 ``4``   framing error: stdin ended in the middle of a frame (message on stderr)
 ======  ==========================================================================
 
+SIGTERM raises ``SystemExit(0)`` in the main thread wherever it is, a running handler included.
+One that lands in the instant before a handler enters a blocking call (``time.sleep``, a socket
+read) is only seen when that call returns: CPython looks for signals between bytecodes and when
+a system call is interrupted, and that one was not. A port that stops its worker therefore
+follows SIGTERM with SIGKILL after its grace period.
+
 Stdio discipline
 ----------------
 The frame channel is moved off fds 0 and 1 before any handler code is imported: fd 1 becomes a

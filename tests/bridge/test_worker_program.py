@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from collections import deque
@@ -19,6 +22,7 @@ import pytest
 
 from bridge.codec import CODECS, available_codecs, get_codec
 from bridge.framing import PacketDecoder, encode_frame
+from otp.testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0  # generous: a loaded CI machine can take a while to start an interpreter
@@ -116,6 +120,16 @@ class WorkerProcess:
                 break
             self._stderr += chunk
         return self._stderr.decode(errors="replace")
+
+    def stdin_drained(self) -> bool:
+        """The worker has read every byte written to its stdin."""
+        pending = fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", pending)[0] == 0
+
+    def state(self) -> str:
+        """The worker's scheduler state from /proc ("R" running, "S" asleep, ...)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
 
     def close_stdin(self) -> None:
         if not self.proc.stdin.closed:
@@ -392,6 +406,9 @@ def test_sigterm_exits_0(worker):
 def test_sigterm_interrupts_a_running_handler_and_exits_0(worker):
     worker.result("ping")
     worker.send({"id": 1, "command": "sleep", "args": [60]})
+    # Signalled once it sleeps in the handler: CPython sees a signal that lands in the moment
+    # before a blocking call only when the call returns (see the worker's module doc).
+    wait_until(lambda: worker.stdin_drained() and worker.state() == "S", what="the handler asleep")
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait() == 0
 
