@@ -16,6 +16,7 @@ from otp._process import (
     Node,
     Process,
     _cancel_interrupt,
+    _interrupt_self,
     current,
     default_node,
     run_process,
@@ -118,6 +119,10 @@ class _Shield:
         with proc._lock:
             proc.in_user = self.was_in_user
             dead = proc.dead
+            if dead and self.was_in_user and exc_type is not None:
+                # The block's own exception travels on; the kill lands right behind it, where
+                # the caller may catch that exception and carry on in pure Python.
+                _interrupt_self(proc)
         if dead and self.was_in_user and exc_type is None:
             raise ProcessExit(proc.reason, f"{proc.pid!r} was killed {self.doing}")
 
@@ -127,7 +132,8 @@ def uninterruptible() -> AbstractContextManager[None]:
 
     A kill stops a process that runs Python code by raising in its thread between two bytecodes.
     Inside this block it does not: the process is dead at once for everyone else (links,
-    monitors, names), and its thread leaves the block normally, then raises `ProcessExit`.
+    monitors, names), and its thread leaves the block normally, then raises `ProcessExit` (if
+    the block raises, its exception travels on and the kill lands right behind it).
     Use it around a few steps that leave shared state inconsistent if half done, such as
     starting a thread and recording it. It changes nothing in a thread that is not a process.
 

@@ -518,6 +518,14 @@ def _retry_interrupt(proc: Process, patience: float | None, every: float) -> boo
         time.sleep(every)  # the target is finishing Thread.start: poll, nothing to wait on
 
 
+def _interrupt_self(proc: Process) -> None:
+    """`_interrupt` for the calling thread, which is `proc`'s own and not inside ``Thread.start``
+    (so its id is its own): the exception is raised at its next bytecode boundary. Called with
+    `proc._lock` held."""
+    proc.injected = True
+    _set_async_exc(threading.get_ident(), _Interrupted)
+
+
 def _cancel_interrupt(proc: Process) -> None:
     thread = proc.thread
     if proc.injected and thread is not None and thread.ident is not None:

@@ -502,6 +502,31 @@ class TestDeath:
         assert after == ["inner block ended"]
         assert isinstance(raised[0], otp.ProcessExit) and raised[0].reason == "killed"
 
+    def test_a_kill_during_an_uninterruptible_block_that_raises_lands_right_after_it(self) -> None:
+        inside, release = threading.Event(), threading.Event()
+
+        def body() -> None:
+            try:
+                with otp.uninterruptible():
+                    inside.set()
+                    while not release.is_set():
+                        pass
+                    raise ValueError("the block's own error")
+            except ValueError:
+                pass
+            while True:  # pure Python: only the kill, landing after the block, stops this
+                pass
+
+        pid, ref = otp.spawn_monitor(body)
+        assert inside.wait(5)
+        otp.exit(pid, "kill")
+        assert wait_down(ref).reason == "killed"
+        release.set()
+        thread = pid._proc.thread
+        assert thread is not None
+        thread.join(5)
+        assert not thread.is_alive(), "a zombie left running pure Python after the block"
+
     def test_uninterruptible_changes_nothing_outside_a_process(self) -> None:
         with otp.uninterruptible():
             value = 42
