@@ -61,7 +61,7 @@ class Spinner:
         self._skip = 0
         self.backoff = 0
         self.hits = self.misses = self.yielded = self.skipped = 0
-        self.spun = 0.0  # seconds spent in spins, all told (a yield that gave the CPU away included)
+        self.spun = 0.0  # seconds in spins, all told (yields that gave the CPU away included)
 
     def wait(self) -> None:
         """Return when input is ready, or when spinning stopped paying (the read then blocks)."""
