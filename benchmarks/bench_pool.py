@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import otp  # noqa: E402
 import pool  # noqa: E402
+from otp.testing import fresh_node  # noqa: E402
 
 REPEATS = 7
 
@@ -218,16 +219,23 @@ CASES: list[tuple[str, Callable[[], float], str | None]] = [
 ]
 
 
+def _measure(rounds: int) -> dict[str, list[float]]:
+    """Seconds per operation of every case, one list per case, on a node of their own.
+
+    Interleaved rounds: every case is measured once per round, and each ratio is taken within
+    a round, so that the machine's mood (other processes, CPU frequency) affects both sides.
+    """
+    with fresh_node():
+        runs: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
+        for _ in range(rounds):
+            for name, measure, _ in CASES:
+                runs[name].append(measure())
+    return runs
+
+
 def main() -> None:
-    node = otp.Node()
-    otp.set_default_node(node)
     t0 = time.perf_counter()
-    # Interleaved rounds: every case is measured once per round, and each ratio is taken within
-    # a round, so that the machine's mood (other processes, CPU frequency) affects both sides.
-    runs: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    for _ in range(REPEATS):
-        for name, measure, _ in CASES:
-            runs[name].append(measure())
+    runs = _measure(REPEATS)
     raw_name = CASES[0][0]
     print(
         f"python {sys.version.split()[0]} on {os.cpu_count()} cores; {REPEATS} interleaved rounds"
@@ -255,21 +263,11 @@ def main() -> None:
         f"{target} ({uncontended:.2f}x)"
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
-    node.shutdown()
 
 
 def run(quick: bool = False) -> list[Result]:
     """The figures as `Result` rows (what ``threadotp bench`` prints), in microseconds."""
-    node = otp.Node()
-    previous = otp.set_default_node(node)
-    try:
-        runs: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-        for _ in range(2 if quick else REPEATS):
-            for name, measure, _ in CASES:
-                runs[name].append(measure())
-    finally:
-        otp.set_default_node(previous)
-        node.shutdown()
+    runs = _measure(2 if quick else REPEATS)
     med = {name: statistics.median(xs) * 1e6 for name, xs in runs.items()}
     raw_name = CASES[0][0]
     results = []

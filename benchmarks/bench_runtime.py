@@ -29,7 +29,6 @@ unpinned figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -38,7 +37,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +55,11 @@ from _common import (
 
 import otp
 from otp import ANY, Down
+from otp.testing import fresh_node
 
 __all__ = ["run", "main"]
 
 IDLE_PROCESSES = 10_000
-
-
-@contextlib.contextmanager
-def fresh_node() -> Iterator[otp.Node]:
-    """Run a measurement on its own node, and kill whatever it left behind."""
-    node = otp.Node()
-    previous = otp.set_default_node(node)
-    try:
-        yield node
-    finally:
-        node.shutdown()
-        otp.set_default_node(previous)
 
 
 # -- the raw baseline: a Condition + deque mailbox ---------------------------------------------

@@ -1,6 +1,7 @@
-"""Test helpers for code built on `otp`: wait for a monitor's ``Down``, or poll a condition.
+"""Test helpers for code built on `otp`: a fresh node per test or measurement, waiting for a
+monitor's ``Down``, polling a condition.
 
-Both wait a bounded time and fail with an ``AssertionError`` that says what did not arrive, so
+The waits wait a bounded time and fail with an ``AssertionError`` that says what did not arrive, so
 a broken test fails with a reason instead of hanging. Import this module explicitly
 (``from otp.testing import wait_down``); ``import otp`` does not load it.
 
@@ -18,14 +19,40 @@ AssertionError: no Down for #Ref<...> within 0.01 s
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from otp._api import receive, sleep
+from otp._process import Node, set_default_node
 from otp._terms import TIMEOUT, Down, Ref
 
-__all__ = ["wait_down", "wait_until"]
+__all__ = ["fresh_node", "wait_down", "wait_until"]
+
+
+@contextlib.contextmanager
+def fresh_node() -> Iterator[Node]:
+    """Make a new node the default for the block; afterwards kill every process it holds and
+    restore the previous default. Names and processes of one block never meet another's. A
+    thread that is already a process of another node stays there; the others are adopted into
+    the new node when they first use the runtime, as they would into any default node.
+
+    >>> import otp
+    >>> before = otp.default_node()
+    >>> with fresh_node() as node:
+    ...     node is otp.default_node()
+    True
+    >>> otp.default_node() is before
+    True
+    """
+    node = Node()
+    previous = set_default_node(node)
+    try:
+        yield node
+    finally:
+        node.shutdown()
+        set_default_node(previous)
 
 
 def wait_down(ref: Ref, timeout: float = 5.0) -> Down:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import otp
+from otp.testing import fresh_node
 
 
 def _children() -> set[int]:
@@ -52,13 +53,8 @@ def node(_io_service: None, request: pytest.FixtureRequest) -> Iterator[otp.Node
     threads_before = set(threading.enumerate())
     children_before = _children()
     fds_before = set(os.listdir("/proc/self/fd"))
-    fresh = otp.Node()
-    previous = otp.set_default_node(fresh)
-    try:
+    with fresh_node() as fresh:
         yield fresh
-    finally:
-        fresh.shutdown()
-        otp.set_default_node(previous)
     if request.node.get_closest_marker("allow_leaks"):
         return
     leaked_threads = lambda: [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]  # noqa: E731

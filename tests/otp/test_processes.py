@@ -11,7 +11,7 @@ from loguru import logger
 import otp
 from otp import ANY, TIMEOUT, Down, Exit
 from otp import _process as otp_process
-from otp.testing import wait_down
+from otp.testing import fresh_node, wait_down
 
 
 def blocker() -> None:
@@ -362,20 +362,15 @@ class TestNames:
 
     def test_nodes_isolate_names(self, node: otp.Node) -> None:
         otp.register("shared", otp.self())
-        other = otp.Node()
         result: list[object] = []
 
         def in_other() -> None:
             result.append(otp.whereis("shared"))
 
-        previous = otp.set_default_node(other)
-        try:
+        with fresh_node():
             t = threading.Thread(target=in_other)
             t.start()
             t.join()
-        finally:
-            otp.set_default_node(previous)
-            other.shutdown()
         assert result == [None]
 
 
